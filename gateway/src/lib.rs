@@ -1,0 +1,20 @@
+//! healthgate: a verification gateway for signed health codes.
+//!
+//! # Layout
+//!
+//! - [`token`]: token format v1 (docs/TOKEN.md): decode, sign, verify.
+//! - [`trust`]: the trust list of issuers and their keys.
+//! - [`keys`]: key files on disk.
+//! - [`clock`], [`color`], [`holder`]: small shared types.
+
+pub mod clock;
+pub mod color;
+pub mod holder;
+pub mod keys;
+pub mod population;
+pub mod token;
+pub mod trust;
+
+pub use clock::{Clock, ManualClock, SystemClock, UnixSecs};
+pub use color::Color;
+pub use holder::HolderId;
