@@ -422,7 +422,7 @@ mod tests {
 
     fn with_byte(text: &str, at: usize, value: u8) -> String {
         let mut bytes = [0u8; TOKEN_LEN];
-        let n = base45::decode_into(text[PREFIX.len()..].as_bytes(), &mut bytes).unwrap();
+        let n = base45::decode_into(&text.as_bytes()[PREFIX.len()..], &mut bytes).unwrap();
         assert_eq!(n, TOKEN_LEN);
         bytes[at] = value;
         let mut out = PREFIX.to_owned();
@@ -512,7 +512,7 @@ mod tests {
             let k = key(6);
             let text = c.sign(&k).unwrap();
             let mut bytes = [0u8; TOKEN_LEN];
-            base45::decode_into(text[PREFIX.len()..].as_bytes(), &mut bytes).unwrap();
+            base45::decode_into(&text.as_bytes()[PREFIX.len()..], &mut bytes).unwrap();
             bytes[at] ^= flip;
             let mut t2 = PREFIX.to_owned();
             base45::encode_into(&bytes, &mut t2);
