@@ -7,11 +7,20 @@
 //! - [`keys`]: key files on disk.
 //! - [`clock`], [`color`], [`holder`]: small shared types.
 
+pub mod auth;
 pub mod clock;
 pub mod color;
+pub mod config;
+pub mod demo;
 pub mod holder;
+pub mod http;
 pub mod keys;
+pub mod metrics;
+pub mod policy;
 pub mod population;
+pub mod server;
+pub mod service;
+pub mod state;
 pub mod token;
 pub mod trust;
 

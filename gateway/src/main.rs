@@ -1,1 +1,281 @@
-fn main() {}
+//! The `healthgate` command: parse arguments, load and validate
+//! configuration, set up logging, then hand over to the library.
+//!
+//! Exit codes: 0 success, 1 the operation failed (a code that does not
+//! verify, a server that could not start), 64 bad usage or configuration.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use healthgate::clock::{format_rfc3339, parse_rfc3339, Clock, SystemClock};
+use healthgate::population::{Mix, Population};
+use healthgate::token::{Claims, KeyId, RawToken, DEFAULT_SKEW_SECS, DEFAULT_TTL_SECS};
+use healthgate::{Color, HolderId};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const EX_FAILED: u8 = 1;
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "healthgate", version, about = "Verification gateway for signed health codes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an Ed25519 key pair: PREFIX.key (secret, mode 0600) and PREFIX.pub.
+    Keygen {
+        /// Key id carried in every code: 1 to 4 letters or digits (e.g. HB01).
+        #[arg(long)]
+        kid: KeyId,
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a health code and print its QR text.
+    Issue {
+        /// Issuer secret key file (from `keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Holder id: 32 hex digits.
+        #[arg(long)]
+        holder: HolderId,
+        /// Lifetime in seconds (dynamic codes are short-lived).
+        #[arg(long, default_value_t = DEFAULT_TTL_SECS)]
+        ttl: u64,
+        /// Issue time (RFC 3339); default now.
+        #[arg(long, value_parser = parse_rfc3339)]
+        issued_at: Option<u64>,
+        /// Colour at issue: a hint for offline readers.
+        #[arg(long, default_value = "green")]
+        color: Color,
+        /// Serial number; default random.
+        #[arg(long)]
+        serial: Option<u64>,
+        /// Also render the code as a QR image (.png or .svg).
+        #[arg(long)]
+        qr: Option<PathBuf>,
+    },
+    /// Verify one code offline against a trust list; print its claims or why it fails.
+    Verify {
+        /// Trust list file.
+        #[arg(long)]
+        trust: PathBuf,
+        /// Verify as of this time (RFC 3339); default now.
+        #[arg(long, value_parser = parse_rfc3339)]
+        at: Option<u64>,
+        /// Clock-skew budget in seconds.
+        #[arg(long, default_value_t = DEFAULT_SKEW_SECS)]
+        skew: u64,
+        /// The QR text.
+        code: String,
+    },
+    /// Generate an API key and print it with the hash the configuration takes.
+    Apikey,
+    /// Write a deterministic synthetic population as a state file.
+    Seed {
+        #[arg(long)]
+        size: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "green=0.95,yellow=0.03,red=0.01,pending=0.01")]
+        mix: Mix,
+        /// Health-record time of every holder (RFC 3339); default now.
+        #[arg(long, value_parser = parse_rfc3339)]
+        at: Option<u64>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the gateway.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a complete demo gateway on embedded defaults (no external service).
+    Demo {
+        /// Where keys, configuration, state and env.json are written.
+        #[arg(long, default_value = "healthgate-demo")]
+        dir: PathBuf,
+        /// Population size.
+        #[arg(long, default_value_t = 100_000)]
+        size: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        public: String,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+    },
+}
+
+/// Failures that are the caller's fault exit 64, the rest 1.
+enum Failure {
+    Usage(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Failed(e)
+    }
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Usage(e.into())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "healthgate=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(Failure::Usage(e)) => {
+            eprintln!("healthgate: {e:#}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("healthgate: {e:#}");
+            ExitCode::from(EX_FAILED)
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<ExitCode, Failure> {
+    match command {
+        Command::Keygen { kid, out } => {
+            let key = healthgate::keys::generate();
+            let (s, p) = healthgate::keys::write_keypair(&out, kid, &key).map_err(usage)?;
+            println!("{}\n{}", s.display(), p.display());
+        }
+        Command::Issue { key, holder, ttl, issued_at, color, serial, qr } => {
+            let (kid, signing) = healthgate::keys::read_secret(&key).map_err(usage)?;
+            let issued_at = issued_at.unwrap_or_else(|| SystemClock.now());
+            if ttl == 0 {
+                return Err(usage(anyhow::anyhow!("--ttl must be at least 1")));
+            }
+            let claims = Claims {
+                kid,
+                holder,
+                issued_at,
+                expires_at: issued_at.saturating_add(ttl),
+                color,
+                serial: serial.unwrap_or_else(rand::random),
+            };
+            let text = claims.sign(&signing).map_err(usage)?;
+            if let Some(path) = qr {
+                render_qr(&text, &path).map_err(usage)?;
+            }
+            println!("{text}");
+        }
+        Command::Verify { trust, at, skew, code } => {
+            let trust = healthgate::trust::TrustList::load(&trust).map_err(usage)?;
+            let now = at.unwrap_or_else(|| SystemClock.now());
+            let verified = RawToken::decode(&code)
+                .map_err(healthgate::token::VerifyError::from)
+                .and_then(|raw| raw.verify(&trust, now, skew));
+            match verified {
+                Ok((token, key)) => {
+                    let c = token.claims();
+                    println!("valid");
+                    println!("issuer:     {} (key {})", trust.issuers()[key.issuer].id, c.kid);
+                    println!("holder:     {}", c.holder);
+                    println!("color:      {} (at issue)", c.color);
+                    println!("issued_at:  {}", format_rfc3339(c.issued_at));
+                    println!("expires_at: {}", format_rfc3339(c.expires_at));
+                    println!("serial:     {}", c.serial);
+                }
+                Err(e) => {
+                    println!("invalid: {}: {e}", reason_of(&e));
+                    return Ok(ExitCode::from(EX_FAILED));
+                }
+            }
+        }
+        Command::Apikey => {
+            let k = healthgate::auth::generate_key();
+            println!("key:  {k}\nhash: {}", healthgate::auth::hash_key(&k));
+        }
+        Command::Seed { size, seed, mix, at, out } => {
+            let pop = Population { seed, size, mix };
+            let at = at.unwrap_or_else(|| SystemClock.now());
+            let started = std::time::Instant::now();
+            healthgate::state::snapshot::write_population(&out, &pop, at).map_err(anyhow::Error::from)?;
+            eprintln!("wrote {size} holders to {} in {:.1?}", out.display(), started.elapsed());
+        }
+        Command::Serve { config } => {
+            let config = healthgate::config::Config::load(&config).map_err(usage)?;
+            serve(config, None)?;
+        }
+        Command::Demo { dir, size, seed, public, admin } => {
+            let opts = healthgate::demo::DemoOptions { size, seed, ..Default::default() };
+            let env = healthgate::demo::prepare(&dir, &opts, &public, &admin, SystemClock.now())
+                .with_context(|| format!("preparing {}", dir.display()))?;
+            let config = healthgate::config::Config::load(&env.config).map_err(usage)?;
+            serve(config, Some((env, dir)))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reason_of(e: &healthgate::token::VerifyError) -> &'static str {
+    use healthgate::token::VerifyError::*;
+    match e {
+        Malformed(_) => "malformed",
+        UnknownIssuer(_) => "unknown_issuer",
+        BadSignature => "bad_signature",
+        Expired { .. } => "expired",
+        NotYetValid { .. } => "not_yet_valid",
+    }
+}
+
+fn render_qr(text: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    use qrcode::{EcLevel, QrCode};
+    let code = QrCode::with_error_correction_level(text.as_bytes(), EcLevel::M)?;
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("png") => {
+            let img = code.render::<image::Luma<u8>>().quiet_zone(true).module_dimensions(6, 6).build();
+            img.save(path).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Some("svg") => {
+            let svg = code.render::<qrcode::render::svg::Color<'_>>().quiet_zone(true).min_dimensions(240, 240).build();
+            std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        }
+        _ => anyhow::bail!("--qr must end in .png or .svg"),
+    }
+    Ok(())
+}
+
+/// Binds, prints (for the demo), serves until SIGTERM or SIGINT.
+fn serve(config: healthgate::config::Config, demo: Option<(healthgate::demo::Env, PathBuf)>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        use healthgate::server;
+        let listeners = server::Listeners::bind(&config.server).await?;
+        let (public, admin) = listeners.addrs();
+        tracing::info!(%public, %admin, "listening");
+        if let Some((mut env, dir)) = demo {
+            env.public_url = format!("http://{public}");
+            env.admin_url = format!("http://{admin}");
+            env.write(&dir)?;
+            let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "healthgate".into());
+            println!("{}", healthgate::demo::walkthrough(&env, &exe));
+        }
+        let gw = server::build(&config, Arc::new(SystemClock))?;
+        server::run(gw, &config, listeners, server::shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}

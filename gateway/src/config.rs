@@ -1,0 +1,325 @@
+//! Configuration: the raw TOML file, then validated settings.
+//!
+//! Two stages, as in ripgrep: [`RawConfig`] is what serde reads (every field
+//! named as in the file, unknown fields refused), [`Config::from_raw`] turns
+//! it into [`Config`], whose types carry the preconditions (indices instead
+//! of names, hashes instead of keys, bit masks instead of issuer lists). A
+//! bad file is refused as a whole with a message that names the field; the
+//! binary then exits with code 64 before anything binds.
+
+use crate::auth::{ApiKeys, Role};
+use crate::policy::{Checkpoint, Class, Policy, Region};
+use crate::trust::TrustList;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{path}: {field}: {why}")]
+    Invalid { path: PathBuf, field: String, why: String },
+    #[error("{0}")]
+    Trust(#[from] crate::trust::TrustError),
+}
+
+/// Defaults, named once.
+pub mod defaults {
+    pub const PUBLIC_ADDR: &str = "0.0.0.0:8080";
+    pub const ADMIN_ADDR: &str = "127.0.0.1:9090";
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    /// hyper's header-read timeout: slowloris protection.
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
+    pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+    pub const MAX_BODY_BYTES: usize = 4 * 1024;
+    pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+    pub const CLOCK_SKEW_S: u64 = crate::token::DEFAULT_SKEW_SECS;
+    pub const FEVER_THRESHOLD_C: f64 = 37.3;
+    /// Wuhan checked temperature twice a day.
+    pub const HEALTH_RECORD_VALIDITY_S: u64 = 12 * 3600;
+    pub const FEVER_QUARANTINE_S: u64 = 14 * 24 * 3600;
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    /// Trust list file, relative to the configuration file.
+    pub trust: PathBuf,
+    /// State file loaded at start, relative to the configuration file.
+    pub state: Option<PathBuf>,
+    pub clock_skew_s: Option<u64>,
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub regions: BTreeMap<String, RawRegion>,
+    #[serde(default)]
+    pub classes: BTreeMap<String, RawClass>,
+    #[serde(default)]
+    pub checkpoints: Vec<RawCheckpoint>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub public_addr: Option<String>,
+    pub admin_addr: Option<String>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub max_header_bytes: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegion {
+    /// Fixed offset of the region's civil time, e.g. "+08:00" (for "one
+    /// check-in per calendar day").
+    pub utc_offset: Option<String>,
+    pub fever_threshold_c: Option<f64>,
+    pub health_record_validity_s: Option<u64>,
+    pub fever_quarantine_s: Option<u64>,
+    pub accept_issuers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClass {
+    #[serde(default = "only_green")]
+    pub admit: Vec<String>,
+    #[serde(default)]
+    pub requires_temperature: bool,
+    #[serde(default)]
+    pub admit_fever: bool,
+    #[serde(default)]
+    pub anti_passback_s: u64,
+}
+
+fn only_green() -> Vec<String> {
+    vec!["green".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheckpoint {
+    pub id: String,
+    pub class: String,
+    pub region: String,
+    /// Anti-passback station group; defaults to the checkpoint id.
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerSettings,
+    pub trust_path: PathBuf,
+    pub state_path: Option<PathBuf>,
+    pub clock_skew_s: u64,
+    pub keys: ApiKeys,
+    pub policy: Policy,
+    pub trust: TrustList,
+}
+
+impl Config {
+    /// Reads, parses and validates the file and the trust list it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+        let raw: RawConfig = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?;
+        Config::from_raw(raw, path)
+    }
+
+    pub fn from_raw(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let invalid =
+            |field: &str, why: String| ConfigError::Invalid { path: path.to_owned(), field: field.into(), why };
+        let addr = |field: &str, v: Option<String>, d: &str| -> Result<SocketAddr, ConfigError> {
+            let s = v.unwrap_or_else(|| d.to_owned());
+            s.parse().map_err(|_| invalid(field, format!("{s:?} is not an ip:port address")))
+        };
+        let s = raw.server;
+        let server = ServerSettings {
+            public_addr: addr("server.public_addr", s.public_addr, defaults::PUBLIC_ADDR)?,
+            admin_addr: addr("server.admin_addr", s.admin_addr, defaults::ADMIN_ADDR)?,
+            max_connections: s.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+            header_read_timeout: Duration::from_millis(
+                s.header_read_timeout_ms.unwrap_or(defaults::HEADER_READ_TIMEOUT_MS),
+            ),
+            max_header_bytes: s.max_header_bytes.unwrap_or(defaults::MAX_HEADER_BYTES),
+            max_body_bytes: s.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
+            shutdown_grace: Duration::from_millis(s.shutdown_grace_ms.unwrap_or(defaults::SHUTDOWN_GRACE_MS)),
+        };
+        if server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1".into()));
+        }
+        if server.header_read_timeout.is_zero() || server.header_read_timeout > Duration::from_secs(5) {
+            return Err(invalid("server.header_read_timeout_ms", "must be between 1 and 5000".into()));
+        }
+        // hyper refuses read buffers under 8 KiB.
+        if !(8192..=1 << 20).contains(&server.max_header_bytes) {
+            return Err(invalid("server.max_header_bytes", "must be between 8192 and 1048576".into()));
+        }
+        if !(256..=1 << 20).contains(&server.max_body_bytes) {
+            return Err(invalid("server.max_body_bytes", "must be between 256 and 1048576".into()));
+        }
+
+        let trust_path = base.join(&raw.trust);
+        let trust = TrustList::load(&trust_path)?;
+
+        let mut keys = ApiKeys::default();
+        for (role, hashes) in &raw.api_keys {
+            let field = format!("api_keys.{role}");
+            let role: Role = role.parse().map_err(|e: String| invalid(&field, e))?;
+            for h in hashes {
+                keys.add_hash(role, h).map_err(|e| invalid(&field, e))?;
+            }
+        }
+
+        let mut regions = Vec::new();
+        let mut region_names = Vec::new();
+        for (name, r) in raw.regions {
+            let field = |f: &str| format!("regions.{name}.{f}");
+            let offset = r.utc_offset.as_deref().unwrap_or("+08:00");
+            let utc_offset_s = parse_offset(offset)
+                .ok_or_else(|| invalid(&field("utc_offset"), format!("{offset:?} is not ±HH:MM")))?;
+            let fever = r.fever_threshold_c.unwrap_or(defaults::FEVER_THRESHOLD_C);
+            if !(35.0..=42.0).contains(&fever) {
+                return Err(invalid(&field("fever_threshold_c"), "must be between 35 and 42".into()));
+            }
+            let mut accepted = 0u64;
+            for issuer in &r.accept_issuers {
+                let idx = trust.issuer_index(issuer).ok_or_else(|| {
+                    invalid(&field("accept_issuers"), format!("issuer {issuer:?} is not in the trust list"))
+                })?;
+                accepted |= 1 << idx;
+            }
+            if accepted == 0 {
+                return Err(invalid(&field("accept_issuers"), "accepts no issuer".into()));
+            }
+            let quarantine = r.fever_quarantine_s.unwrap_or(defaults::FEVER_QUARANTINE_S);
+            if quarantine == 0 {
+                return Err(invalid(&field("fever_quarantine_s"), "must be positive".into()));
+            }
+            regions.push(Region {
+                name: name.clone(),
+                utc_offset_s,
+                fever_threshold_c: fever,
+                health_record_validity_s: r.health_record_validity_s.unwrap_or(defaults::HEALTH_RECORD_VALIDITY_S),
+                fever_quarantine_s: quarantine,
+                accepted_issuers: accepted,
+            });
+            region_names.push(name);
+        }
+
+        let mut classes = Vec::new();
+        let mut class_names = Vec::new();
+        for (name, c) in raw.classes {
+            let field = format!("classes.{name}.admit");
+            let mut admit = [false; 4];
+            for colour in &c.admit {
+                let col: crate::Color =
+                    colour.parse().map_err(|e: crate::color::ParseColorError| invalid(&field, e.to_string()))?;
+                if col == crate::Color::Pending {
+                    return Err(invalid(&field, "pending codes never pass (rule 7)".into()));
+                }
+                admit[col.index()] = true;
+            }
+            classes.push(Class {
+                name: name.clone(),
+                admit,
+                requires_temperature: c.requires_temperature,
+                admit_fever: c.admit_fever,
+                anti_passback_s: c.anti_passback_s,
+            });
+            class_names.push(name);
+        }
+
+        let mut checkpoints = Vec::new();
+        let mut groups: Vec<String> = Vec::new();
+        for (i, cp) in raw.checkpoints.into_iter().enumerate() {
+            let field = |f: &str| format!("checkpoints[{i}].{f}");
+            if cp.id.is_empty() || cp.id.len() > 64 {
+                return Err(invalid(&field("id"), "must be 1 to 64 characters".into()));
+            }
+            let class = class_names
+                .iter()
+                .position(|c| *c == cp.class)
+                .ok_or_else(|| invalid(&field("class"), format!("no class {:?}", cp.class)))?;
+            let region = region_names
+                .iter()
+                .position(|r| *r == cp.region)
+                .ok_or_else(|| invalid(&field("region"), format!("no region {:?}", cp.region)))?;
+            let group_name = cp.group.unwrap_or_else(|| cp.id.clone());
+            let group = match groups.iter().position(|g| *g == group_name) {
+                Some(g) => g,
+                None => {
+                    groups.push(group_name);
+                    groups.len() - 1
+                }
+            };
+            let group = u16::try_from(group).map_err(|_| invalid(&field("group"), "more than 65535 groups".into()))?;
+            checkpoints.push(Checkpoint { id: cp.id, class, region, group });
+        }
+        let policy = Policy::new(regions, classes, checkpoints).map_err(|e| invalid("checkpoints", e))?;
+
+        Ok(Config {
+            path: path.to_owned(),
+            server,
+            trust_path,
+            state_path: raw.state.map(|p| base.join(p)),
+            clock_skew_s: raw.clock_skew_s.unwrap_or(defaults::CLOCK_SKEW_S),
+            keys,
+            policy,
+            trust,
+        })
+    }
+}
+
+/// `+08:00` → 28800.
+fn parse_offset(s: &str) -> Option<i32> {
+    let (sign, rest) = match s.as_bytes().first()? {
+        b'+' => (1, &s[1..]),
+        b'-' => (-1, &s[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    (h <= 14 && m < 60).then_some(sign * (h * 3600 + m * 60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets() {
+        assert_eq!(parse_offset("+08:00"), Some(28_800));
+        assert_eq!(parse_offset("-05:30"), Some(-19_800));
+        assert_eq!(parse_offset("08:00"), None);
+        assert_eq!(parse_offset("+8:00"), None);
+    }
+}

@@ -1,0 +1,257 @@
+//! The HTTP layer: listeners, connections, routing, and the one place where
+//! errors become status codes and JSON. The only module that knows hyper.
+//!
+//! Every connection is bounded: a semaphore caps how many are open (one
+//! over the cap is closed at once and counted), hyper's timer makes the
+//! header-read timeout real (slowloris), the read buffer caps header size,
+//! bodies are read with a length limit and a deadline. Shutdown stops
+//! accepting, lets in-flight requests finish within a grace period, then
+//! closes what is left.
+
+use crate::auth::Role;
+use crate::config::ServerSettings;
+use crate::holder::HolderId;
+use crate::metrics::Listener;
+use crate::policy::Direction;
+use crate::service::{Gateway, ScanError, ScanRequest};
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+type Body = Full<Bytes>;
+
+/// An error answer. Built anywhere, turned into a response in one place.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: Cow<'static, str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+    fn bad_request(m: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, m)
+    }
+}
+
+impl From<ScanError> for ApiError {
+    fn from(e: ScanError) -> Self {
+        let status = match e {
+            ScanError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn ok_json<T: Serialize>(value: &T) -> Response<Body> {
+    json_response(StatusCode::OK, serde_json::to_vec(value).expect("serialisable"))
+}
+
+fn error_response(gw: &Gateway, e: ApiError) -> Response<Body> {
+    gw.metrics().rejected_requests.with_label_values(&[e.status.as_str()]).inc();
+    let mut r = json_response(e.status, serde_json::to_vec(&serde_json::json!({ "error": e.message })).expect("json"));
+    if e.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// Serves one listener until `shutdown` resolves, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    which: Listener,
+    gw: Arc<Gateway>,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    let settings = Arc::new(settings);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a little
+                    // rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            gw.metrics().rejected_connections(which).inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let gw2 = gw.clone();
+        let s2 = settings.clone();
+        let svc = service_fn(move |req| {
+            let gw = gw2.clone();
+            let s = s2.clone();
+            async move { Ok::<_, Infallible>(route(&gw, which, &s, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        let open = gw.metrics().open_connections(which).clone();
+        tokio::spawn(async move {
+            open.inc();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            open.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(listener = which.as_str(), "grace period over; closing remaining connections");
+    }
+}
+
+async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<Incoming>) -> Response<Body> {
+    let result = match (which, req.method(), req.uri().path()) {
+        (_, &Method::GET, "/healthz") => Ok(ok_json(&serde_json::json!({ "status": "alive" }))),
+        (_, &Method::GET, "/readyz") => Ok(readyz(gw)),
+        (Listener::Public, &Method::POST, "/v1/scan") => scan(gw, s, req).await,
+        (Listener::Public, &Method::GET, p) if p.starts_with("/v1/holders/") => holder(gw, &req),
+        (Listener::Admin, &Method::GET, "/metrics") => Ok(metrics(gw)),
+        (_, _, "/healthz" | "/readyz" | "/v1/scan" | "/metrics") => {
+            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
+        }
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
+    };
+    result.unwrap_or_else(|e| error_response(gw, e))
+}
+
+fn readyz(gw: &Gateway) -> Response<Body> {
+    let ready = gw.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_response(status, serde_json::to_vec(&serde_json::json!({ "ready": ready })).expect("json"))
+}
+
+fn metrics(gw: &Gateway) -> Response<Body> {
+    let body = gw.metrics_text();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+/// Checks the bearer key and that its role is one of `allowed`.
+fn authorize(gw: &Gateway, req: &Request<Incoming>, allowed: &[Role]) -> Result<Role, ApiError> {
+    let key = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"))?;
+    let role = gw.role_of(key).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown key"))?;
+    if allowed.contains(&role) {
+        Ok(role)
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, format!("role {role} may not do this")))
+    }
+}
+
+/// Reads a body of at most `s.max_body_bytes` within the header timeout.
+async fn read_body(s: &ServerSettings, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {} bytes", s.max_body_bytes));
+    if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if len > s.max_body_bytes as u64 {
+            return Err(too_large());
+        }
+    }
+    let body = Limited::new(req.into_body(), s.max_body_bytes);
+    match tokio::time::timeout(s.header_read_timeout, body.collect()).await {
+        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body not received in time")),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::bad_request("could not read body")),
+    }
+}
+
+#[derive(Deserialize)]
+struct ScanBody<'a> {
+    #[serde(borrow)]
+    code: Cow<'a, str>,
+    #[serde(borrow)]
+    checkpoint: Cow<'a, str>,
+    #[serde(default)]
+    direction: Direction,
+    temperature_c: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct ScanAnswer {
+    decision: &'static str,
+    color: &'static str,
+    reason: &'static str,
+    holder: Option<String>,
+    epoch: u64,
+}
+
+async fn scan(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let started = Instant::now();
+    authorize(gw, &req, &[Role::Turnstile, Role::Inspector])?;
+    let bytes = read_body(s, req).await?;
+    let body: ScanBody<'_> =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid scan request: {e}")))?;
+    let outcome = gw.scan(&ScanRequest {
+        code: &body.code,
+        checkpoint: &body.checkpoint,
+        direction: body.direction,
+        temperature_c: body.temperature_c,
+    })?;
+    let d = outcome.decision;
+    let answer = ScanAnswer {
+        decision: d.decision_str(),
+        color: d.color.as_str(),
+        reason: d.reason.as_str(),
+        holder: outcome.holder.map(|h| h.masked()),
+        epoch: outcome.epoch,
+    };
+    let response = ok_json(&answer);
+    gw.metrics().record_scan(&d, started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+fn holder(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, req, &[Role::Inspector, Role::Authority])?;
+    let hex = &req.uri().path()["/v1/holders/".len()..];
+    let id: HolderId =
+        hex.parse().map_err(|e: crate::holder::ParseHolderError| ApiError::bad_request(e.to_string()))?;
+    let status = gw.holder_status(&id).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown holder"))?;
+    Ok(ok_json(&status))
+}

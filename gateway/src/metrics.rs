@@ -1,0 +1,115 @@
+//! Prometheus metrics.
+//!
+//! One struct, registered into a [`Registry`] that `main` creates and passes
+//! down (never a global). Hot-path handles (one counter per decision and
+//! reason, the latency histogram) are resolved once here, so a scan never
+//! looks up a label. No label carries a holder or a checkpoint: privacy, and
+//! bounded cardinality.
+
+use crate::policy::{Decision, Reason};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Admin,
+}
+
+impl Listener {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Public => "public",
+            Listener::Admin => "admin",
+        }
+    }
+}
+
+pub struct Metrics {
+    /// `[pass, deny][reason]`.
+    scans: [[IntCounter; 13]; 2],
+    pub scan_seconds: Histogram,
+    pub holders: IntGaugeVec,
+    pub epoch: IntGauge,
+    open_connections: [IntGauge; 2],
+    rejected_connections: [IntCounter; 2],
+    pub rejected_requests: IntCounterVec,
+    pub ready: IntGauge,
+}
+
+/// 10 µs to 100 ms in 1-2-5 steps: a scan is microseconds when healthy and
+/// the interesting failures are in milliseconds.
+pub const SCAN_BUCKETS: &[f64] =
+    &[10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3];
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Metrics> {
+        let scans_vec = IntCounterVec::new(
+            Opts::new("healthgate_scans_total", "Scan decisions by decision and reason."),
+            &["decision", "reason"],
+        )?;
+        let scans = [true, false].map(|pass| {
+            Reason::ALL.map(|r| scans_vec.with_label_values(&[if pass { "pass" } else { "deny" }, r.as_str()]))
+        });
+        let scan_seconds = Histogram::with_opts(
+            HistogramOpts::new("healthgate_scan_duration_seconds", "Time to answer a scan, from request to response.")
+                .buckets(SCAN_BUCKETS.to_vec()),
+        )?;
+        let holders = IntGaugeVec::new(
+            Opts::new("healthgate_holders", "Holders in memory by stored colour (timed steps apply at the next read)."),
+            &["color"],
+        )?;
+        let epoch = IntGauge::new("healthgate_state_epoch", "Version of the colour state; every decision carries it.")?;
+        let conns = IntGaugeVec::new(
+            Opts::new("healthgate_open_connections", "Open client connections by listener."),
+            &["listener"],
+        )?;
+        let rejected_conns = IntCounterVec::new(
+            Opts::new("healthgate_rejected_connections_total", "Connections refused at the connection cap."),
+            &["listener"],
+        )?;
+        let rejected_requests = IntCounterVec::new(
+            Opts::new("healthgate_rejected_requests_total", "Requests answered with an error status, by status."),
+            &["status"],
+        )?;
+        let build = IntGaugeVec::new(Opts::new("healthgate_build_info", "Build information; always 1."), &["version"])?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let ready = IntGauge::new("healthgate_ready", "1 when the gateway serves scans, 0 while loading or draining.")?;
+        for c in [
+            Box::new(scans_vec) as Box<dyn prometheus::core::Collector>,
+            Box::new(scan_seconds.clone()),
+            Box::new(holders.clone()),
+            Box::new(epoch.clone()),
+            Box::new(conns.clone()),
+            Box::new(rejected_conns.clone()),
+            Box::new(rejected_requests.clone()),
+            Box::new(build),
+            Box::new(ready.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        let listeners = [crate::metrics::Listener::Public, crate::metrics::Listener::Admin];
+        Ok(Metrics {
+            scans,
+            scan_seconds,
+            holders,
+            epoch,
+            open_connections: listeners.map(|l| conns.with_label_values(&[l.as_str()])),
+            rejected_connections: listeners.map(|l| rejected_conns.with_label_values(&[l.as_str()])),
+            rejected_requests,
+            ready,
+        })
+    }
+
+    pub fn record_scan(&self, d: &Decision, seconds: f64) {
+        self.scans[usize::from(!d.pass)][d.reason.index()].inc();
+        self.scan_seconds.observe(seconds);
+    }
+
+    pub fn open_connections(&self, l: Listener) -> &IntGauge {
+        &self.open_connections[l as usize]
+    }
+    pub fn rejected_connections(&self, l: Listener) -> &IntCounter {
+        &self.rejected_connections[l as usize]
+    }
+}

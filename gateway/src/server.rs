@@ -1,0 +1,129 @@
+//! Running the gateway: bind, load state, serve both listeners, drain.
+//!
+//! `main` parses arguments and configuration and calls [`run`] with bound
+//! listeners and a shutdown future; tests call it the same way with port 0
+//! and their own shutdown, in-process.
+
+use crate::clock::Clock;
+use crate::config::{Config, ServerSettings};
+use crate::metrics::Listener;
+use crate::service::Gateway;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("loading state: {0}")]
+    State(#[from] crate::state::snapshot::SnapshotError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Task(String),
+}
+
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(s: &ServerSettings) -> Result<Listeners, RunError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
+        };
+        Ok(Listeners { public: bind(s.public_addr).await?, admin: bind(s.admin_addr).await? })
+    }
+
+    pub fn addrs(&self) -> (SocketAddr, SocketAddr) {
+        (
+            self.public.local_addr().expect("bound socket has an address"),
+            self.admin.local_addr().expect("bound socket has an address"),
+        )
+    }
+}
+
+/// Builds the gateway for `config` (state not yet loaded).
+pub fn build(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<Gateway>, RunError> {
+    let registry = prometheus::Registry::new();
+    Ok(Arc::new(Gateway::new(config, clock, registry)?))
+}
+
+/// Serves until `shutdown` resolves. Listeners answer `/readyz` with 503
+/// while the state file loads, then the gateway turns ready.
+pub async fn run(
+    gw: Arc<Gateway>,
+    config: &Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let public = tokio::spawn(crate::http::serve(
+        listeners.public,
+        Listener::Public,
+        gw.clone(),
+        config.server.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let admin = tokio::spawn(crate::http::serve(
+        listeners.admin,
+        Listener::Admin,
+        gw.clone(),
+        config.server.clone(),
+        stopped(stop_rx),
+    ));
+
+    let loaded = match &config.state_path {
+        Some(path) => {
+            let (gw2, path) = (gw.clone(), path.clone());
+            let started = std::time::Instant::now();
+            let r = tokio::task::spawn_blocking(move || gw2.load_state(&path))
+                .await
+                .map_err(|e| RunError::Task(e.to_string()))?;
+            if let Ok(l) = &r {
+                tracing::info!(
+                    holders = l.holders,
+                    epoch = l.epoch,
+                    ms = started.elapsed().as_millis() as u64,
+                    "state loaded"
+                );
+            }
+            r.map(|_| ())
+        }
+        None => Ok(()),
+    };
+    let result = match loaded {
+        Ok(()) => {
+            gw.set_loaded();
+            tracing::info!("ready");
+            shutdown.await;
+            tracing::info!("shutting down: draining");
+            Ok(())
+        }
+        Err(e) => Err(RunError::State(e)),
+    };
+    gw.start_draining();
+    let _ = stop_tx.send(true);
+    let _ = public.await;
+    let _ = admin.await;
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
