@@ -316,6 +316,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/healthgate.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.policy.checkpoints().len(), 6);
+        assert_eq!(c.trust.keys().len(), 3);
+        let ningbo = c.policy.place("ningbo-metro-east-1").unwrap().region;
+        assert!(!ningbo.accepts_issuer(c.trust.issuer_index("hubei").unwrap()));
+    }
+
+    #[test]
     fn offsets() {
         assert_eq!(parse_offset("+08:00"), Some(28_800));
         assert_eq!(parse_offset("-05:30"), Some(-19_800));

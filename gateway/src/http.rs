@@ -149,7 +149,7 @@ async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<I
         (Listener::Public, &Method::POST, "/v1/scan") => scan(gw, s, req).await,
         (Listener::Public, &Method::GET, p) if p.starts_with("/v1/holders/") => holder(gw, &req),
         (Listener::Admin, &Method::GET, "/metrics") => Ok(metrics(gw)),
-        (_, _, "/healthz" | "/readyz" | "/v1/scan" | "/metrics") => {
+        (Listener::Admin, _, "/metrics") | (Listener::Public, _, "/v1/scan") | (_, _, "/healthz" | "/readyz") => {
             Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
         }
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
@@ -202,6 +202,22 @@ async fn read_body(s: &ServerSettings, req: Request<Incoming>) -> Result<Bytes, 
     }
 }
 
+/// Parses a JSON body. On failure it parses again, tracking the path, so
+/// that the error names the field ("temperature_c: invalid type ...")
+/// without slowing down the requests that are fine.
+fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let detail = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Err(pe) if !pe.path().to_string().is_empty() && pe.path().to_string() != "." => {
+                format!("{}: {}", pe.path(), pe.inner())
+            }
+            _ => e.to_string(),
+        };
+        ApiError::bad_request(format!("invalid {what}: {detail}"))
+    })
+}
+
 #[derive(Deserialize)]
 struct ScanBody<'a> {
     #[serde(borrow)]
@@ -226,8 +242,7 @@ async fn scan(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Resul
     let started = Instant::now();
     authorize(gw, &req, &[Role::Turnstile, Role::Inspector])?;
     let bytes = read_body(s, req).await?;
-    let body: ScanBody<'_> =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid scan request: {e}")))?;
+    let body: ScanBody<'_> = parse_json(&bytes, "scan request")?;
     let outcome = gw.scan(&ScanRequest {
         code: &body.code,
         checkpoint: &body.checkpoint,

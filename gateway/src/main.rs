@@ -159,7 +159,7 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
     match command {
         Command::Keygen { kid, out } => {
             let key = healthgate::keys::generate();
-            let (s, p) = healthgate::keys::write_keypair(&out, kid, &key).map_err(usage)?;
+            let (s, p) = healthgate::keys::write_keypair(&out, kid, &key).map_err(anyhow::Error::from)?;
             println!("{}\n{}", s.display(), p.display());
         }
         Command::Issue { key, holder, ttl, issued_at, color, serial, qr } => {

@@ -1,1 +1,221 @@
+//! Test harness: starts the real gateway in-process on port 0 with a manual
+//! clock, and talks to it over real HTTP/1.1.
+//!
+//! The gateway is configured by `healthgate::demo::prepare`, the same code
+//! that `healthgate demo` runs, so the tests exercise the shipped defaults.
 
+use bytes::Bytes;
+use healthgate::auth::Role;
+use healthgate::clock::{Clock, ManualClock, SystemClock};
+use healthgate::config::Config;
+use healthgate::demo::{DemoOptions, Env};
+use healthgate::service::Gateway;
+use healthgate::token::Claims;
+use healthgate::{Color, HolderId};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A running gateway. Dropping it shuts the server down.
+pub struct TestGateway {
+    pub dir: tempfile::TempDir,
+    pub env: Env,
+    pub clock: ManualClock,
+    pub gw: Arc<Gateway>,
+    pub config: Config,
+    pub http: HttpClient,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), healthgate::server::RunError>>>,
+}
+
+/// Edits the demo configuration text before the gateway starts.
+pub type ConfigEdit = Box<dyn FnOnce(String) -> String>;
+
+impl TestGateway {
+    pub async fn start() -> TestGateway {
+        Self::start_with(Box::new(|c| c)).await
+    }
+
+    pub async fn start_with(edit: ConfigEdit) -> TestGateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = SystemClock.now();
+        let opts = DemoOptions { size: 2_000, seed: 7, ..Default::default() };
+        let env = healthgate::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now).expect("demo");
+        let text = std::fs::read_to_string(&env.config).expect("config");
+        std::fs::write(&env.config, edit(text)).expect("config");
+        let config = Config::load(&env.config).expect("valid config");
+        let clock = ManualClock::new(now);
+        let gw = healthgate::server::build(&config, Arc::new(clock.clone())).expect("gateway");
+        let listeners = healthgate::server::Listeners::bind(&config.server).await.expect("bind");
+        let (public, admin) = listeners.addrs();
+        let mut env = env;
+        env.public_url = format!("http://{public}");
+        env.admin_url = format!("http://{admin}");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = {
+            let (gw, config) = (gw.clone(), config.clone());
+            tokio::spawn(async move {
+                healthgate::server::run(gw, &config, listeners, async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        };
+        let t = TestGateway { dir, env, clock, gw, config, http: client(), stop: Some(stop), task: Some(task) };
+        t.wait_ready().await;
+        t
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..500 {
+            if self.get(&self.env.admin_url, "/readyz", None).await.0 == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("gateway never became ready");
+    }
+
+    /// Stops the server and waits for `run` to return.
+    pub async fn shutdown(mut self) -> Result<(), healthgate::server::RunError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.take().expect("running").await.expect("join")
+    }
+
+    pub fn key(&self, role: Role) -> &str {
+        self.env.api_key(role)
+    }
+
+    pub fn holder(&self, color: &str, i: usize) -> HolderId {
+        self.env.holders[color][i]
+    }
+
+    pub fn checkpoint(&self, class: &str) -> &str {
+        &self.env.checkpoints[class][0]
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// A fresh code for `holder`, signed by the key in `key_file`.
+    pub fn code_with(&self, key_file: &Path, holder: HolderId, issued_at: u64, ttl: u64) -> String {
+        let (kid, key) = healthgate::keys::read_secret(key_file).expect("key");
+        Claims { kid, holder, issued_at, expires_at: issued_at + ttl, color: Color::Green, serial: rand_serial() }
+            .sign(&key)
+            .expect("sign")
+    }
+
+    pub fn code(&self, holder: HolderId) -> String {
+        self.code_with(&self.env.issuer_key.clone(), holder, self.now(), 60)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(format!("{url}{path}"));
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("request");
+        let resp = self.http.request(req).await.expect("http");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, value)
+    }
+
+    pub async fn get(&self, url: &str, path: &str, key: Option<&str>) -> (StatusCode, Value) {
+        self.request(Method::GET, url, path, key, None).await
+    }
+
+    /// POSTs a scan with the turnstile key; returns status and JSON.
+    pub async fn scan_json(&self, body: Value) -> (StatusCode, Value) {
+        let key = self.key(Role::Turnstile).to_owned();
+        self.request(Method::POST, &self.env.public_url, "/v1/scan", Some(&key), Some(body.to_string().into_bytes()))
+            .await
+    }
+
+    /// Scans a code at a checkpoint; asserts 200 and returns (decision, reason, color).
+    pub async fn scan(&self, code: &str, checkpoint: &str, direction: &str, temperature: Option<f64>) -> Scan {
+        let mut body = serde_json::json!({ "code": code, "checkpoint": checkpoint, "direction": direction });
+        if let Some(t) = temperature {
+            body["temperature_c"] = t.into();
+        }
+        let (status, v) = self.scan_json(body).await;
+        assert_eq!(status, StatusCode::OK, "scan answered {status}: {v}");
+        Scan {
+            decision: v["decision"].as_str().unwrap_or_default().to_owned(),
+            reason: v["reason"].as_str().unwrap_or_default().to_owned(),
+            color: v["color"].as_str().unwrap_or_default().to_owned(),
+            epoch: v["epoch"].as_u64().unwrap_or_default(),
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        match self.get(&self.env.admin_url, "/metrics", None).await {
+            (StatusCode::OK, Value::String(s)) => s,
+            other => panic!("metrics answered {other:?}"),
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    pub decision: String,
+    pub reason: String,
+    pub color: String,
+    pub epoch: u64,
+}
+
+impl Scan {
+    /// `"pass/ok/green"`: compact to assert on.
+    pub fn short(&self) -> String {
+        format!("{}/{}/{}", self.decision, self.reason, self.color)
+    }
+}
+
+fn rand_serial() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The `healthgate` binary built for these tests.
+pub fn healthgate_bin() -> PathBuf {
+    // tests/ is a workspace member: its target dir is the workspace's.
+    let mut p = std::env::current_exe().expect("test exe");
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join("healthgate")
+}

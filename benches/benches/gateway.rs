@@ -1,0 +1,83 @@
+//! The gateway in-process: the whole scan decision for a green holder with
+//! a fresh token (verification included), holder lookup at 1 M and 10 M
+//! holders, and a snapshot swap.
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use healthgate::clock::{Clock, ManualClock, SystemClock};
+use healthgate::config::Config;
+use healthgate::demo::DemoOptions;
+use healthgate::policy::Direction;
+use healthgate::population::{Mix, Population};
+use healthgate::service::{ScanRequest, Snapshot};
+use healthgate::state::{HolderState, Store};
+use healthgate::token::Claims;
+use healthgate::Color;
+use std::sync::Arc;
+
+fn scan(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemClock.now();
+    let opts = DemoOptions { size: 100_000, seed: 1, ..Default::default() };
+    let env = healthgate::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now).unwrap();
+    let config = Config::load(&env.config).unwrap();
+    let gw = healthgate::server::build(&config, Arc::new(ManualClock::new(now))).unwrap();
+    gw.load_state(&env.state).unwrap();
+    gw.set_loaded();
+    let (kid, key) = healthgate::keys::read_secret(&env.issuer_key).unwrap();
+    let greens: Vec<_> = (0..100_000).filter(|&i| env.population.color(i) == Color::Green).take(1024).collect();
+    let codes: Vec<String> = greens
+        .iter()
+        .map(|&i| {
+            let holder = env.population.holder(i);
+            Claims { kid, holder, issued_at: now, expires_at: now + 3600, color: Color::Green, serial: i }
+                .sign(&key)
+                .unwrap()
+        })
+        .collect();
+    let checkpoint = env.checkpoints["metro"][0].clone();
+    let mut g = c.benchmark_group("scan");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    g.bench_function("green_fresh_token", |b| {
+        b.iter(|| {
+            // Each holder goes in, then out, so every scan passes.
+            let direction = if (i / codes.len()).is_multiple_of(2) { Direction::In } else { Direction::Out };
+            let req =
+                ScanRequest { code: &codes[i % codes.len()], checkpoint: &checkpoint, direction, temperature_c: None };
+            i += 1;
+            let out = gw.scan(black_box(&req)).unwrap();
+            debug_assert!(out.decision.pass);
+            out
+        })
+    });
+    g.bench_function("snapshot_swap", |b| {
+        b.iter_batched(|| Snapshot::from_config(&config, 0), |s| gw.swap_snapshot(s), BatchSize::SmallInput)
+    });
+    g.finish();
+}
+
+fn lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("holder_lookup");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(50);
+    for size in [1_000_000u64, 10_000_000] {
+        let pop = Population { seed: 3, size, mix: Mix::default() };
+        let store = Store::with_capacity(size as usize);
+        for (id, color) in pop.iter() {
+            store.insert(id, HolderState::new(color, 1, Some(1)), vec![]);
+        }
+        // Random members, precomputed so the bench measures the map.
+        let probes: Vec<_> = (0..4096u64).map(|k| pop.holder(healthgate::population::mix64(k) % size)).collect();
+        let mut k = 0usize;
+        g.bench_with_input(BenchmarkId::from_parameter(size), &store, |b, store| {
+            b.iter(|| {
+                k = (k + 1) & 4095;
+                store.read(black_box(&probes[k]), 2, |v| v.map(|v| v.color))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, scan, lookup);
+criterion_main!(benches);

@@ -1,0 +1,239 @@
+//! The `healthgate` command, run as a process: keys, codes, QR images read
+//! back by a real decoder, offline verification, exit codes, and the demo.
+
+use healthgate_tests::healthgate_bin;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn hg(args: &[&str]) -> Output {
+    let bin = healthgate_bin();
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --bins`, as the README's test command does)",
+        bin.display()
+    );
+    Command::new(bin).args(args).output().expect("run healthgate")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// A trust list with one issuer key made by `keygen`, plus the key prefix.
+fn issuer(dir: &Path, kid: &str) -> (String, String) {
+    let prefix = dir.join(kid.to_lowercase());
+    let o = hg(&["keygen", "--kid", kid, "--out", prefix.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let trust = dir.join(format!("trust-{kid}.toml"));
+    std::fs::write(
+        &trust,
+        format!(
+            "[[issuers]]\nid = \"test\"\n[[issuers.keys]]\nkid = \"{kid}\"\npublic_key_file = \"{}.pub\"\nnot_before = \"2020-01-01T00:00:00Z\"\nnot_after = \"2099-01-01T00:00:00Z\"\n",
+            prefix.file_name().unwrap().to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    (format!("{}.key", prefix.display()), trust.display().to_string())
+}
+
+const HOLDER: &str = "00112233445566778899aabbccddeeff";
+
+#[test]
+fn keygen_writes_a_private_secret_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = issuer(dir.path(), "HB01");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = hg(&["keygen", "--kid", "HB01", "--out", key.trim_end_matches(".key")]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    assert_eq!(hg(&["keygen", "--kid", "TOOLONG", "--out", "x"]).status.code(), Some(64));
+}
+
+#[test]
+fn issued_qr_is_read_back_by_zbarimg_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, trust) = issuer(dir.path(), "HB01");
+    let png = dir.path().join("code.png");
+    let o = hg(&["issue", "--key", &key, "--holder", HOLDER, "--qr", png.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    assert!(text.starts_with("HG1:") && text.len() <= 160, "{text}");
+    let z = Command::new("zbarimg")
+        .args(["--raw", "-q", png.to_str().unwrap()])
+        .output()
+        .expect("zbarimg is installed by the README's test command (Debian package zbar-tools)");
+    assert!(z.status.success(), "zbarimg could not read the code: {z:?}");
+    assert_eq!(stdout(&z), text, "decoded text differs from the printed text");
+    let v = hg(&["verify", "--trust", &trust, &text]);
+    assert!(v.status.success(), "{v:?}");
+    let out = stdout(&v);
+    assert!(out.starts_with("valid") && out.contains(HOLDER), "{out}");
+    // SVG output renders too.
+    let svg = dir.path().join("code.svg");
+    assert!(hg(&["issue", "--key", &key, "--holder", HOLDER, "--qr", svg.to_str().unwrap()]).status.success());
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+}
+
+#[test]
+fn verify_tells_each_failure_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, trust) = issuer(dir.path(), "HB01");
+    let (other, _) = issuer(dir.path(), "ZZ01");
+    let issue = |k: &str, at: &str| stdout(&hg(&["issue", "--key", k, "--holder", HOLDER, "--issued-at", at]));
+    let at = "2026-01-01T08:00:00Z";
+    let good = issue(&key, at);
+    let verify = |code: &str, at: &str| {
+        let o = hg(&["verify", "--trust", &trust, "--at", at, code]);
+        (o.status.code(), stdout(&o))
+    };
+    assert_eq!(verify(&good, "2026-01-01T08:00:30Z").0, Some(0));
+    // Tampered: swap the signature of another code in.
+    let other_code =
+        stdout(&hg(&["issue", "--key", &key, "--holder", "ffeeddccbbaa99887766554433221100", "--issued-at", at]));
+    let tampered = format!("{}{}", &good[..61], &other_code[61..]);
+    let cases = [
+        (tampered, "2026-01-01T08:00:30Z", "bad_signature"),
+        (good.clone(), "2026-01-01T08:01:31Z", "expired"),
+        (good.clone(), "2026-01-01T07:59:29Z", "not_yet_valid"),
+        (issue(&other, at), "2026-01-01T08:00:30Z", "unknown_issuer"),
+        ("HG1:GARBAGE".to_owned(), "2026-01-01T08:00:30Z", "malformed"),
+        (good[..100].to_owned(), "2026-01-01T08:00:30Z", "malformed"),
+    ];
+    for (code, when, reason) in cases {
+        let (status, out) = verify(&code, when);
+        assert_eq!(status, Some(1), "{reason}: {out}");
+        assert!(out.starts_with(&format!("invalid: {reason}")), "want {reason}, got {out}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    assert_eq!(hg(&["issue"]).status.code(), Some(64));
+    assert_eq!(hg(&["frobnicate"]).status.code(), Some(64));
+    assert_eq!(hg(&["issue", "--key", "/nonexistent.key", "--holder", HOLDER]).status.code(), Some(64));
+    assert_eq!(hg(&["issue", "--key", "k", "--holder", "abc"]).status.code(), Some(64));
+    for sub in ["keygen", "issue", "verify", "apikey", "seed", "serve", "demo"] {
+        let o = hg(&[sub, "--help"]);
+        assert_eq!(o.status.code(), Some(0), "{sub} --help");
+        assert!(stdout(&o).contains("Usage"), "{sub} --help");
+    }
+}
+
+#[test]
+fn serve_refuses_bad_config_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, trust) = issuer(dir.path(), "HB01");
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        format!("trust = \"{trust}\"\n[server]\npublic_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\n[regions.x]\naccept_issuers = [\"nobody\"]\n"),
+    )
+    .unwrap();
+    let o = hg(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("regions.x.accept_issuers") && err.contains("nobody"), "{err}");
+    std::fs::write(&cfg, "trust = 5").unwrap();
+    assert_eq!(hg(&["serve", "--config", cfg.to_str().unwrap()]).status.code(), Some(64));
+}
+
+#[test]
+fn seed_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.hgs"), dir.path().join("b.hgs"));
+    for p in [&a, &b] {
+        let o = hg(&[
+            "seed",
+            "--size",
+            "5000",
+            "--seed",
+            "9",
+            "--at",
+            "2026-01-01T00:00:00Z",
+            "--out",
+            p.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{o:?}");
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(hg(&["seed", "--size", "5", "--mix", "green=2", "--out", "x"]).status.code(), Some(64));
+}
+
+/// The README's run command: `healthgate demo` serves, writes env.json, and
+/// stops cleanly on SIGTERM.
+#[test]
+fn demo_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let mut child = Command::new(healthgate_bin())
+        .args([
+            "demo",
+            "--dir",
+            demo.to_str().unwrap(),
+            "--size",
+            "1000",
+            "--public",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let env_path = demo.join("env.json");
+    let mut env = None;
+    for _ in 0..600 {
+        if let Ok(e) = healthgate::demo::Env::load(&env_path) {
+            env = Some(e);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let env = env.expect("demo wrote env.json");
+    let admin = env.admin_url.trim_start_matches("http://").to_owned();
+    let mut ready = false;
+    for _ in 0..600 {
+        if http_get(&admin, "/readyz").starts_with("HTTP/1.1 200") {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ready, "demo never became ready");
+    for class in ["metro", "rail", "road", "clinic"] {
+        assert!(!env.checkpoints[class].is_empty(), "{class}");
+    }
+    for colour in ["green", "yellow", "red", "pending"] {
+        assert!(!env.holders[colour].is_empty(), "{colour}");
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut printed).unwrap();
+    for what in [
+        "pass",
+        "fever",
+        "not_green",
+        "pending",
+        "no_health_record",
+        "anti_passback",
+        "expired",
+        "bad_signature",
+        "unknown_issuer",
+        "malformed",
+    ] {
+        assert!(printed.contains(&format!("# {what}")), "walkthrough lacks {what}");
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return String::new() };
+    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
