@@ -9,7 +9,10 @@
 
 use crate::auth::{ApiKeys, Role};
 use crate::policy::{Checkpoint, Class, Policy, Region};
+use crate::revocation::FilterSettings;
+use crate::token::KeyId;
 use crate::trust::TrustList;
+use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,6 +41,7 @@ pub mod defaults {
     pub const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
     pub const MAX_HEADER_BYTES: usize = 16 * 1024;
     pub const MAX_BODY_BYTES: usize = 4 * 1024;
+    pub const MAX_ADMIN_BODY_BYTES: usize = 32 * 1024 * 1024;
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
     pub const CLOCK_SKEW_S: u64 = crate::token::DEFAULT_SKEW_SECS;
     pub const FEVER_THRESHOLD_C: f64 = 37.3;
@@ -64,6 +68,35 @@ pub struct RawConfig {
     pub classes: BTreeMap<String, RawClass>,
     #[serde(default)]
     pub checkpoints: Vec<RawCheckpoint>,
+    /// Region of a daily check-in that names none.
+    pub default_region: Option<String>,
+    #[serde(default)]
+    pub authority: RawAuthority,
+    #[serde(default)]
+    pub revocations: RawRevocations,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthority {
+    /// Keys that sign the authority's update and revocation batches.
+    #[serde(default)]
+    pub keys: Vec<RawAuthorityKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthorityKey {
+    pub kid: String,
+    pub public_key: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRevocations {
+    pub filter_capacity: Option<usize>,
+    pub filter_fp_rate: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +108,7 @@ pub struct RawServer {
     pub header_read_timeout_ms: Option<u64>,
     pub max_header_bytes: Option<usize>,
     pub max_body_bytes: Option<usize>,
+    pub max_admin_body_bytes: Option<usize>,
     pub shutdown_grace_ms: Option<u64>,
 }
 
@@ -125,6 +159,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
+    /// Authority batches are larger than scans.
+    pub max_admin_body_bytes: usize,
     pub shutdown_grace: Duration,
 }
 
@@ -139,6 +175,10 @@ pub struct Config {
     pub keys: ApiKeys,
     pub policy: Policy,
     pub trust: TrustList,
+    pub authority_keys: Vec<(KeyId, VerifyingKey)>,
+    pub revocation_filter: FilterSettings,
+    /// Index into the policy's regions.
+    pub default_region: Option<usize>,
 }
 
 impl Config {
@@ -168,6 +208,7 @@ impl Config {
             ),
             max_header_bytes: s.max_header_bytes.unwrap_or(defaults::MAX_HEADER_BYTES),
             max_body_bytes: s.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
+            max_admin_body_bytes: s.max_admin_body_bytes.unwrap_or(defaults::MAX_ADMIN_BODY_BYTES),
             shutdown_grace: Duration::from_millis(s.shutdown_grace_ms.unwrap_or(defaults::SHUTDOWN_GRACE_MS)),
         };
         if server.max_connections == 0 {
@@ -282,6 +323,50 @@ impl Config {
             checkpoints.push(Checkpoint { id: cp.id, class, region, group });
         }
         let policy = Policy::new(regions, classes, checkpoints).map_err(|e| invalid("checkpoints", e))?;
+        let default_region = match raw.default_region {
+            None => None,
+            Some(name) => Some(
+                region_names
+                    .iter()
+                    .position(|r| *r == name)
+                    .ok_or_else(|| invalid("default_region", format!("no region {name:?}")))?,
+            ),
+        };
+
+        let mut authority_keys: Vec<(KeyId, VerifyingKey)> = Vec::new();
+        for (i, k) in raw.authority.keys.into_iter().enumerate() {
+            let field = format!("authority.keys[{i}]");
+            let kid: KeyId =
+                k.kid.parse().map_err(|e: crate::token::ParseKeyIdError| invalid(&field, e.to_string()))?;
+            if authority_keys.iter().any(|(x, _)| *x == kid) {
+                return Err(invalid(&field, format!("key id {kid} appears twice")));
+            }
+            let key = match (k.public_key, k.public_key_file) {
+                (Some(hex), None) => crate::keys::parse_public_hex(&hex).map_err(|e| invalid(&field, e))?,
+                (None, Some(file)) => {
+                    let (file_kid, key) =
+                        crate::keys::read_public(&base.join(file)).map_err(|e| invalid(&field, e.to_string()))?;
+                    if file_kid != kid {
+                        return Err(invalid(&field, format!("key file is for key id {file_kid}")));
+                    }
+                    key
+                }
+                _ => return Err(invalid(&field, "give exactly one of public_key and public_key_file".into())),
+            };
+            authority_keys.push((kid, key));
+        }
+
+        let d = FilterSettings::default();
+        let revocation_filter = FilterSettings {
+            capacity: raw.revocations.filter_capacity.unwrap_or(d.capacity),
+            fp_rate: raw.revocations.filter_fp_rate.unwrap_or(d.fp_rate),
+        };
+        if revocation_filter.capacity == 0 || revocation_filter.capacity > 100_000_000 {
+            return Err(invalid("revocations.filter_capacity", "must be between 1 and 100000000".into()));
+        }
+        if !(revocation_filter.fp_rate > 0.0 && revocation_filter.fp_rate < 1.0) {
+            return Err(invalid("revocations.filter_fp_rate", "must be strictly between 0 and 1".into()));
+        }
 
         Ok(Config {
             path: path.to_owned(),
@@ -292,6 +377,9 @@ impl Config {
             keys,
             policy,
             trust,
+            authority_keys,
+            revocation_filter,
+            default_region,
         })
     }
 }

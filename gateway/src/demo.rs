@@ -105,7 +105,7 @@ pub fn prepare(dir: &Path, opts: &DemoOptions, public: &str, admin: &str, now: U
     let (national_key, national) = key(&keys, "national", "NHC1")?;
     let (forged_key, _) = key(&keys, "forged-hubei", "HB01")?;
     let (untrusted_key, _) = key(&keys, "untrusted", "XX01")?;
-    let (authority_key, _) = key(&keys, "authority", "AUTH")?;
+    let (authority_key, authority) = key(&keys, "authority", "AUTH")?;
 
     let hexpk = |k: &ed25519_dalek::SigningKey| hex::encode(k.verifying_key().to_bytes());
     let trust = format!(
@@ -155,6 +155,16 @@ not_after = "2099-12-31T23:59:59Z"
 trust = "trust.toml"
 state = "state.hgs"
 clock_skew_s = 30
+default_region = "wuhan"
+
+# The health authority signs colour updates and revocations with this key.
+[[authority.keys]]
+kid = "AUTH"
+public_key = "{authority_pk}"
+
+[revocations]
+filter_capacity = 100000
+filter_fp_rate = 0.001
 
 [server]
 public_addr = "{public}"
@@ -197,7 +207,8 @@ requires_temperature = true
 admit = ["green", "yellow"]
 requires_temperature = true
 admit_fever = true
-{checkpoint_lines}"#
+{checkpoint_lines}"#,
+        authority_pk = hexpk(&authority)
     );
     let config_path = dir.join("healthgate.toml");
     std::fs::write(&config_path, config)?;

@@ -10,10 +10,11 @@
 
 use crate::auth::Role;
 use crate::config::ServerSettings;
+use crate::feed::{FeedError, RevocationBatch, UpdateBatch};
 use crate::holder::HolderId;
 use crate::metrics::Listener;
 use crate::policy::Direction;
-use crate::service::{Gateway, ScanError, ScanRequest};
+use crate::service::{CheckinError, CheckinRequest, Gateway, ScanError, ScanRequest};
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
@@ -28,7 +29,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -47,6 +48,31 @@ impl ApiError {
     }
     fn bad_request(m: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, m)
+    }
+}
+
+impl From<FeedError> for ApiError {
+    fn from(e: FeedError) -> Self {
+        let status = match e {
+            FeedError::Malformed(_) => StatusCode::BAD_REQUEST,
+            FeedError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            FeedError::Replay { .. } => StatusCode::CONFLICT,
+            FeedError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<CheckinError> for ApiError {
+    fn from(e: CheckinError) -> Self {
+        let status = match e {
+            CheckinError::BadCode(_) => StatusCode::UNAUTHORIZED,
+            CheckinError::UnknownHolder => StatusCode::NOT_FOUND,
+            CheckinError::AlreadyToday => StatusCode::CONFLICT,
+            CheckinError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CheckinError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
     }
 }
 
@@ -148,10 +174,20 @@ async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<I
         (_, &Method::GET, "/readyz") => Ok(readyz(gw)),
         (Listener::Public, &Method::POST, "/v1/scan") => scan(gw, s, req).await,
         (Listener::Public, &Method::GET, p) if p.starts_with("/v1/holders/") => holder(gw, &req),
+        (Listener::Public, &Method::POST, "/v1/checkins") => checkin(gw, s, req).await,
+        (Listener::Public, &Method::GET, "/v1/revocations/filter") => revocation_filter(gw, &req),
         (Listener::Admin, &Method::GET, "/metrics") => Ok(metrics(gw)),
-        (Listener::Admin, _, "/metrics") | (Listener::Public, _, "/v1/scan") | (_, _, "/healthz" | "/readyz") => {
-            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
-        }
+        (Listener::Admin, &Method::POST, "/v1/admin/updates") => updates(gw, s, req).await,
+        (Listener::Admin, &Method::POST, "/v1/admin/revocations") => revocations(gw, s, req).await,
+        (Listener::Admin, &Method::POST, "/v1/admin/reload") => reload(gw, &req),
+        (Listener::Admin, &Method::GET, "/v1/admin/feed") => feed_state(gw, &req),
+        (
+            Listener::Admin,
+            _,
+            "/metrics" | "/v1/admin/updates" | "/v1/admin/revocations" | "/v1/admin/reload" | "/v1/admin/feed",
+        )
+        | (Listener::Public, _, "/v1/scan" | "/v1/checkins" | "/v1/revocations/filter")
+        | (_, _, "/healthz" | "/readyz") => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
     };
     result.unwrap_or_else(|e| error_response(gw, e))
@@ -185,16 +221,19 @@ fn authorize(gw: &Gateway, req: &Request<Incoming>, allowed: &[Role]) -> Result<
     }
 }
 
-/// Reads a body of at most `s.max_body_bytes` within the header timeout.
-async fn read_body(s: &ServerSettings, req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {} bytes", s.max_body_bytes));
+/// How long an authority batch (up to `max_admin_body_bytes`) may take to arrive.
+const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads a body of at most `limit` bytes within `deadline`.
+async fn read_body(req: Request<Incoming>, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes"));
     if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
-        if len > s.max_body_bytes as u64 {
+        if len > limit as u64 {
             return Err(too_large());
         }
     }
-    let body = Limited::new(req.into_body(), s.max_body_bytes);
-    match tokio::time::timeout(s.header_read_timeout, body.collect()).await {
+    let body = Limited::new(req.into_body(), limit);
+    match tokio::time::timeout(deadline, body.collect()).await {
         Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body not received in time")),
         Ok(Ok(c)) => Ok(c.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
@@ -241,7 +280,7 @@ struct ScanAnswer {
 async fn scan(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let started = Instant::now();
     authorize(gw, &req, &[Role::Turnstile, Role::Inspector])?;
-    let bytes = read_body(s, req).await?;
+    let bytes = read_body(req, s.max_body_bytes, s.header_read_timeout).await?;
     let body: ScanBody<'_> = parse_json(&bytes, "scan request")?;
     let outcome = gw.scan(&ScanRequest {
         code: &body.code,
@@ -269,4 +308,85 @@ fn holder(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiEr
         hex.parse().map_err(|e: crate::holder::ParseHolderError| ApiError::bad_request(e.to_string()))?;
     let status = gw.holder_status(&id).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown holder"))?;
     Ok(ok_json(&status))
+}
+
+#[derive(Deserialize)]
+struct CheckinBody {
+    code: String,
+    temperature_c: f64,
+    #[serde(default)]
+    symptoms: Vec<String>,
+    region: Option<String>,
+}
+
+/// `POST /v1/checkins`: no device key; the holder's own code authenticates.
+async fn checkin(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let bytes = read_body(req, s.max_body_bytes, s.header_read_timeout).await?;
+    let body: CheckinBody = parse_json(&bytes, "check-in")?;
+    let outcome = gw.checkin(&CheckinRequest {
+        code: &body.code,
+        temperature_c: body.temperature_c,
+        symptoms: &body.symptoms,
+        region: body.region.as_deref(),
+    })?;
+    Ok(ok_json(&outcome))
+}
+
+/// `GET /v1/revocations/filter`: the Bloom filter for offline apps, with
+/// its version as the ETag.
+fn revocation_filter(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, req, &Role::ALL)?;
+    let (version, body) = gw.revocation_export();
+    let etag = format!("\"{version}\"");
+    let unchanged = req
+        .headers()
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut r = if unchanged {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(Full::new(body));
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        r
+    };
+    r.headers_mut().insert(http::header::ETAG, HeaderValue::from_str(&etag).expect("digits and quotes"));
+    r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(r)
+}
+
+#[derive(Serialize)]
+struct Applied {
+    epoch: u64,
+    seq: u64,
+    applied: usize,
+}
+
+async fn updates(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, &req, &[Role::Authority])?;
+    let bytes = read_body(req, s.max_admin_body_bytes, ADMIN_BODY_TIMEOUT).await?;
+    let batch: UpdateBatch = parse_json(&bytes, "update batch")?;
+    let epoch = gw.apply_updates(&batch)?;
+    Ok(ok_json(&Applied { epoch, seq: batch.seq, applied: batch.changes.len() }))
+}
+
+async fn revocations(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, &req, &[Role::Authority])?;
+    let bytes = read_body(req, s.max_admin_body_bytes, ADMIN_BODY_TIMEOUT).await?;
+    let batch: RevocationBatch = parse_json(&bytes, "revocation batch")?;
+    let epoch = gw.apply_revocations(&batch)?;
+    Ok(ok_json(&Applied { epoch, seq: batch.seq, applied: batch.revocations.len() }))
+}
+
+fn reload(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, req, &[Role::Operator, Role::Authority])?;
+    let generation = gw.reload().map_err(|e| ApiError::bad_request(format!("reload refused: {e}")))?;
+    Ok(ok_json(&serde_json::json!({ "generation": generation, "epoch": gw.store().epoch() })))
+}
+
+fn feed_state(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, req, &[Role::Operator, Role::Authority])?;
+    Ok(ok_json(&serde_json::json!({ "last_seq": gw.last_feed_seq(), "epoch": gw.store().epoch() })))
 }

@@ -8,16 +8,19 @@
 //! - [`clock`], [`color`], [`holder`]: small shared types.
 
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod color;
 pub mod config;
 pub mod demo;
+pub mod feed;
 pub mod holder;
 pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
 pub mod population;
+pub mod revocation;
 pub mod server;
 pub mod service;
 pub mod state;

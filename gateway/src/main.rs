@@ -7,7 +7,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use healthgate::clock::{format_rfc3339, parse_rfc3339, Clock, SystemClock};
+use healthgate::feed::{Change, Revocation, RevocationBatch, Target, UpdateBatch};
 use healthgate::population::{Mix, Population};
+use healthgate::state::Step;
 use healthgate::token::{Claims, KeyId, RawToken, DEFAULT_SKEW_SECS, DEFAULT_TTL_SECS};
 use healthgate::{Color, HolderId};
 use std::path::PathBuf;
@@ -88,6 +90,48 @@ enum Command {
         at: Option<u64>,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Push signed colour changes to a gateway (the health authority's feed).
+    Push {
+        /// Authority secret key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Admin base URL, e.g. http://127.0.0.1:9090.
+        #[arg(long)]
+        admin: String,
+        /// API key of the authority role.
+        #[arg(long)]
+        api_key: String,
+        /// HOLDER=COLOR[,until=RFC3339,then=COLOR[,until=...,then=...]]; repeatable.
+        #[arg(long = "set", value_parser = parse_change)]
+        set: Vec<Change>,
+        /// JSON lines, one {"holder", "color", "steps"} a line, for bulk.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Sequence number of the first batch; default one past the gateway's last.
+        #[arg(long)]
+        seq: Option<u64>,
+        /// Changes per signed batch.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+    },
+    /// Revoke a holder (all their codes) or one code by serial.
+    Revoke {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        admin: String,
+        #[arg(long)]
+        api_key: String,
+        #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+        holder: Option<HolderId>,
+        #[arg(long)]
+        serial: Option<u64>,
+        /// Drop the entry after this time (RFC 3339).
+        #[arg(long, value_parser = parse_rfc3339)]
+        expires: Option<u64>,
+        #[arg(long)]
+        seq: Option<u64>,
     },
     /// Run the gateway.
     Serve {
@@ -216,6 +260,72 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
             healthgate::state::snapshot::write_population(&out, &pop, at).map_err(anyhow::Error::from)?;
             eprintln!("wrote {size} holders to {} in {:.1?}", out.display(), started.elapsed());
         }
+        Command::Push { key, admin, api_key, mut set, file, seq, batch } => {
+            let (kid, signing) = healthgate::keys::read_secret(&key).map_err(usage)?;
+            if let Some(path) = file {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))
+                    .map_err(usage)?;
+                for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                    let c: Change = serde_json::from_str(line)
+                        .with_context(|| format!("{}:{}", path.display(), n + 1))
+                        .map_err(usage)?;
+                    set.push(c);
+                }
+            }
+            if set.is_empty() {
+                return Err(usage(anyhow::anyhow!("nothing to push: give --set or --file")));
+            }
+            if batch == 0 || batch > healthgate::feed::MAX_BATCH {
+                return Err(usage(anyhow::anyhow!("--batch must be between 1 and {}", healthgate::feed::MAX_BATCH)));
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
+            return rt.block_on(async {
+                let mut seq = match seq {
+                    Some(s) => s,
+                    None => next_seq(&admin, &api_key).await?,
+                };
+                let mut epoch = 0;
+                for chunk in set.chunks(batch) {
+                    let b = UpdateBatch { seq, kid: String::new(), changes: chunk.to_vec(), signature: String::new() }
+                        .sign(kid, &signing)
+                        .map_err(usage)?;
+                    epoch = post_batch(&admin, "/v1/admin/updates", &api_key, serde_json::to_vec(&b).expect("json"))
+                        .await?;
+                    seq += 1;
+                }
+                println!("{epoch}");
+                Ok(ExitCode::SUCCESS)
+            });
+        }
+        Command::Revoke { key, admin, api_key, holder, serial, expires, seq } => {
+            let (kid, signing) = healthgate::keys::read_secret(&key).map_err(usage)?;
+            let target = match (holder, serial) {
+                (Some(h), None) => Target::Holder(h),
+                (None, Some(s)) => Target::Serial(s),
+                _ => return Err(usage(anyhow::anyhow!("give exactly one of --holder and --serial"))),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
+            return rt.block_on(async {
+                let seq = match seq {
+                    Some(s) => s,
+                    None => next_seq(&admin, &api_key).await?,
+                };
+                let b = RevocationBatch {
+                    seq,
+                    kid: String::new(),
+                    revocations: vec![Revocation { target, expires }],
+                    signature: String::new(),
+                }
+                .sign(kid, &signing)
+                .map_err(usage)?;
+                let epoch =
+                    post_batch(&admin, "/v1/admin/revocations", &api_key, serde_json::to_vec(&b).expect("json"))
+                        .await?;
+                println!("{epoch}");
+                Ok(ExitCode::SUCCESS)
+            });
+        }
         Command::Serve { config } => {
             let config = healthgate::config::Config::load(&config).map_err(usage)?;
             serve(config, None)?;
@@ -229,6 +339,49 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `HOLDER=COLOR[,until=T,then=COLOR]...`
+fn parse_change(s: &str) -> Result<Change, String> {
+    let (holder, rest) = s.split_once('=').ok_or("expected HOLDER=COLOR[,until=RFC3339,then=COLOR...]")?;
+    let holder: HolderId = holder.parse().map_err(|e: healthgate::holder::ParseHolderError| e.to_string())?;
+    let mut parts = rest.split(',');
+    let color: Color =
+        parts.next().unwrap_or_default().parse().map_err(|e: healthgate::color::ParseColorError| e.to_string())?;
+    let mut steps = Vec::new();
+    while let Some(until) = parts.next() {
+        let until = until.strip_prefix("until=").ok_or("expected until=RFC3339")?;
+        let then = parts.next().and_then(|t| t.strip_prefix("then=")).ok_or("every until= needs a then=COLOR")?;
+        steps.push(Step {
+            until: parse_rfc3339(until).map_err(|e| e.to_string())?,
+            then: then.parse().map_err(|e: healthgate::color::ParseColorError| e.to_string())?,
+        });
+    }
+    Ok(Change { holder, color, steps })
+}
+
+/// One past the gateway's last applied feed sequence.
+async fn next_seq(admin: &str, api_key: &str) -> Result<u64, Failure> {
+    let url = format!("{}/v1/admin/feed", admin.trim_end_matches('/'));
+    let (status, v) =
+        healthgate::client::request(http::Method::GET, &url, api_key, None).await.map_err(anyhow::Error::from)?;
+    if !status.is_success() {
+        return Err(Failure::Failed(anyhow::anyhow!("{url}: {status}: {}", v["error"].as_str().unwrap_or("refused"))));
+    }
+    Ok(v["last_seq"].as_u64().unwrap_or(0) + 1)
+}
+
+/// Posts a signed batch; returns the new epoch or the server's reason.
+async fn post_batch(admin: &str, path: &str, api_key: &str, body: Vec<u8>) -> Result<u64, Failure> {
+    let url = format!("{}{path}", admin.trim_end_matches('/'));
+    let (status, v) = healthgate::client::request(http::Method::POST, &url, api_key, Some(body))
+        .await
+        .map_err(anyhow::Error::from)?;
+    if !status.is_success() {
+        let why = v["error"].as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+        return Err(Failure::Failed(anyhow::anyhow!("refused ({status}): {why}")));
+    }
+    Ok(v["epoch"].as_u64().unwrap_or(0))
 }
 
 fn reason_of(e: &healthgate::token::VerifyError) -> &'static str {

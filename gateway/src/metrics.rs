@@ -35,6 +35,15 @@ pub struct Metrics {
     rejected_connections: [IntCounter; 2],
     pub rejected_requests: IntCounterVec,
     pub ready: IntGauge,
+    /// Authority batches by kind (updates, revocations) and result.
+    pub feed_batches: IntCounterVec,
+    pub feed_changes: IntCounter,
+    pub feed_last_seq: IntGauge,
+    /// Filter hits that the exact set cleared; revoked codes seen.
+    pub revocation_false_positives: IntCounter,
+    pub revocations: IntGauge,
+    pub checkins: IntCounterVec,
+    pub reloads: IntCounterVec,
 }
 
 /// 10 µs to 100 ms in 1-2-5 steps: a scan is microseconds when healthy and
@@ -75,6 +84,27 @@ impl Metrics {
         let build = IntGaugeVec::new(Opts::new("healthgate_build_info", "Build information; always 1."), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let ready = IntGauge::new("healthgate_ready", "1 when the gateway serves scans, 0 while loading or draining.")?;
+        let feed_batches = IntCounterVec::new(
+            Opts::new("healthgate_feed_batches_total", "Authority batches by kind and result."),
+            &["kind", "result"],
+        )?;
+        let feed_changes =
+            IntCounter::new("healthgate_feed_changes_total", "Colour changes applied from authority batches.")?;
+        let feed_last_seq =
+            IntGauge::new("healthgate_feed_last_sequence", "Sequence number of the last applied authority batch.")?;
+        let revocation_false_positives = IntCounter::new(
+            "healthgate_revocation_filter_false_positives_total",
+            "Scans whose revocation filter probe hit but whose code was not revoked.",
+        )?;
+        let revocations = IntGauge::new("healthgate_revocations", "Revocation entries in force.")?;
+        let checkins = IntCounterVec::new(
+            Opts::new("healthgate_checkins_total", "Daily health check-ins by result."),
+            &["result"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new("healthgate_config_reloads_total", "Configuration reloads by result."),
+            &["result"],
+        )?;
         for c in [
             Box::new(scans_vec) as Box<dyn prometheus::core::Collector>,
             Box::new(scan_seconds.clone()),
@@ -85,6 +115,13 @@ impl Metrics {
             Box::new(rejected_requests.clone()),
             Box::new(build),
             Box::new(ready.clone()),
+            Box::new(feed_batches.clone()),
+            Box::new(feed_changes.clone()),
+            Box::new(feed_last_seq.clone()),
+            Box::new(revocation_false_positives.clone()),
+            Box::new(revocations.clone()),
+            Box::new(checkins.clone()),
+            Box::new(reloads.clone()),
         ] {
             registry.register(c)?;
         }
@@ -98,6 +135,13 @@ impl Metrics {
             rejected_connections: listeners.map(|l| rejected_conns.with_label_values(&[l.as_str()])),
             rejected_requests,
             ready,
+            feed_batches,
+            feed_changes,
+            feed_last_seq,
+            revocation_false_positives,
+            revocations,
+            checkins,
+            reloads,
         })
     }
 

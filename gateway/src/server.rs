@@ -104,7 +104,9 @@ pub async fn run(
         Ok(()) => {
             gw.set_loaded();
             tracing::info!("ready");
+            let reloader = tokio::spawn(reload_on_sighup(gw.clone()));
             shutdown.await;
+            reloader.abort();
             tracing::info!("shutting down: draining");
             Ok(())
         }
@@ -125,5 +127,18 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// SIGHUP re-reads the configuration, like `POST /v1/admin/reload`.
+async fn reload_on_sighup(gw: Arc<Gateway>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; reload with POST /v1/admin/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        // Errors are logged and counted by `reload`; the running snapshot stays.
+        let _ = gw.reload();
     }
 }

@@ -10,17 +10,20 @@ use crate::auth::{ApiKeys, Role};
 use crate::clock::{Clock, UnixSecs};
 use crate::color::Color;
 use crate::config::Config;
+use crate::feed::{FeedError, RevocationBatch, UpdateBatch};
 use crate::holder::HolderId;
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, Direction, Passback, Policy, Reason, ScanInput, Shown};
+use crate::revocation::{Check, FilterSettings, Revocations};
 use crate::state::{snapshot as state_file, Step, Store};
-use crate::token::{RawToken, VerifyError};
+use crate::token::{KeyId, RawToken, VerifyError};
 use crate::trust::TrustList;
 use arc_swap::ArcSwap;
+use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Everything read-mostly, swapped as one.
 pub struct Snapshot {
@@ -28,6 +31,9 @@ pub struct Snapshot {
     pub trust: TrustList,
     pub keys: ApiKeys,
     pub clock_skew_s: u64,
+    pub authority_keys: Vec<(KeyId, VerifyingKey)>,
+    pub revocation_filter: FilterSettings,
+    pub default_region: Option<usize>,
     /// Bumped on every swap; shown in logs and tests.
     pub generation: u64,
 }
@@ -39,6 +45,9 @@ impl Snapshot {
             trust: c.trust.clone(),
             keys: c.keys.clone(),
             clock_skew_s: c.clock_skew_s,
+            authority_keys: c.authority_keys.clone(),
+            revocation_filter: c.revocation_filter,
+            default_region: c.default_region,
             generation,
         }
     }
@@ -106,6 +115,46 @@ pub struct Gateway {
     /// True once shutdown began: readiness goes 503 so balancers move away.
     draining: AtomicBool,
     generation: AtomicU64,
+    /// Revocations, immutable and swapped whole per authority batch (apart
+    /// from the snapshot: they change with the feed, not the config).
+    revocations: ArcSwap<Revocations>,
+    /// The last applied feed sequence. A std mutex, not a tokio one: it is
+    /// held only while a batch is checked and applied, and nothing awaits
+    /// under it. It serialises authority batches, never scans.
+    feed_seq: Mutex<u64>,
+    /// Where the configuration is re-read from on reload.
+    config_path: PathBuf,
+}
+
+/// A daily health check-in (rule 8), authenticated by the holder's code.
+#[derive(Debug, Clone)]
+pub struct CheckinRequest<'a> {
+    pub code: &'a str,
+    pub temperature_c: f64,
+    pub symptoms: &'a [String],
+    pub region: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CheckinOutcome {
+    pub color: Color,
+    pub reason: &'static str,
+    pub health_record: Option<String>,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckinError {
+    #[error("code not accepted: {0}")]
+    BadCode(&'static str),
+    #[error("unknown holder")]
+    UnknownHolder,
+    #[error("already checked in today")]
+    AlreadyToday,
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("not ready")]
+    NotReady,
 }
 
 impl Gateway {
@@ -120,6 +169,9 @@ impl Gateway {
             loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             generation: AtomicU64::new(1),
+            revocations: ArcSwap::from_pointee(Revocations::empty(config.revocation_filter)),
+            feed_seq: Mutex::new(0),
+            config_path: config.path.clone(),
         })
     }
 
@@ -216,6 +268,11 @@ impl Gateway {
             };
             return Ok(outcome(token_failure(reason)));
         }
+        match self.revocations.load().check(holder, raw.claims.serial, now) {
+            Check::Clear => {}
+            Check::FalsePositive => self.metrics.revocation_false_positives.inc(),
+            Check::Revoked => return Ok(outcome(token_failure(Reason::Revoked))),
+        }
         let input = ScanInput { direction: req.direction, temperature_c: req.temperature_c };
         let decision = self.store.update(&holder, now, |entry| match entry {
             None => (policy::decide(place, None, input, now).0, None),
@@ -233,6 +290,165 @@ impl Gateway {
             }
         });
         Ok(outcome(decision))
+    }
+
+    /// Applies a signed batch of colour changes, all or nothing. Returns the
+    /// new epoch.
+    pub fn apply_updates(&self, batch: &UpdateBatch) -> Result<u64, FeedError> {
+        let snap = self.snapshot.load();
+        let result = (|| {
+            let changes = batch.verify(&snap.authority_keys)?;
+            let mut last = self.feed_seq.lock().unwrap_or_else(|e| e.into_inner());
+            if batch.seq <= *last {
+                return Err(FeedError::Replay { got: batch.seq, last: *last });
+            }
+            let epoch = self.store.apply_changes(&changes, self.clock.now());
+            *last = batch.seq;
+            self.metrics.feed_changes.inc_by(changes.len() as u64);
+            self.metrics.feed_last_seq.set(i64::try_from(batch.seq).unwrap_or(i64::MAX));
+            Ok(epoch)
+        })();
+        self.count_batch("updates", &result);
+        result
+    }
+
+    /// Applies a signed batch of revocations, all or nothing. Returns the
+    /// new epoch.
+    pub fn apply_revocations(&self, batch: &RevocationBatch) -> Result<u64, FeedError> {
+        let snap = self.snapshot.load();
+        let result = (|| {
+            batch.verify(&snap.authority_keys)?;
+            let mut last = self.feed_seq.lock().unwrap_or_else(|e| e.into_inner());
+            if batch.seq <= *last {
+                return Err(FeedError::Replay { got: batch.seq, last: *last });
+            }
+            let current = self.revocations.load();
+            let next =
+                current.with(&batch.revocations, self.clock.now(), current.version() + 1, snap.revocation_filter);
+            self.metrics.revocations.set(next.len() as i64);
+            self.revocations.store(Arc::new(next));
+            *last = batch.seq;
+            self.metrics.feed_last_seq.set(i64::try_from(batch.seq).unwrap_or(i64::MAX));
+            Ok(self.store.bump_epoch())
+        })();
+        self.count_batch("revocations", &result);
+        result
+    }
+
+    fn count_batch(&self, kind: &str, result: &Result<u64, FeedError>) {
+        let r = match result {
+            Ok(_) => "applied",
+            Err(FeedError::Malformed(_)) => "malformed",
+            Err(FeedError::Unauthenticated(_)) => "unauthenticated",
+            Err(FeedError::Replay { .. }) => "replay",
+            Err(FeedError::Unavailable(_)) => "unavailable",
+        };
+        self.metrics.feed_batches.with_label_values(&[kind, r]).inc();
+    }
+
+    pub fn last_feed_seq(&self) -> u64 {
+        *self.feed_seq.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current revocation filter export and its version.
+    pub fn revocation_export(&self) -> (u64, bytes::Bytes) {
+        let r = self.revocations.load();
+        (r.version(), r.export())
+    }
+
+    /// A daily health check-in: once per holder per calendar day of the
+    /// region; a fever or any symptom turns a green holder yellow for the
+    /// region's quarantine time, a normal one refreshes the health record.
+    pub fn checkin(&self, req: &CheckinRequest<'_>) -> Result<CheckinOutcome, CheckinError> {
+        if !self.loaded.load(Ordering::Acquire) {
+            return Err(CheckinError::NotReady);
+        }
+        if !(30.0..=45.0).contains(&req.temperature_c) {
+            return Err(CheckinError::BadRequest("temperature_c must be a reading between 30 and 45"));
+        }
+        if req.symptoms.len() > 16 || req.symptoms.iter().any(|s| s.is_empty() || s.len() > 64) {
+            return Err(CheckinError::BadRequest("symptoms: at most 16 names of 1 to 64 characters"));
+        }
+        let snap = self.snapshot.load();
+        let regions = snap.policy.regions();
+        let region = match req.region {
+            Some(name) => regions.iter().find(|r| r.name == name).ok_or(CheckinError::BadRequest("unknown region"))?,
+            None => snap.default_region.map(|i| &regions[i]).ok_or(CheckinError::BadRequest("region is required"))?,
+        };
+        let now = self.clock.now();
+        let raw = RawToken::decode(req.code).map_err(|_| CheckinError::BadCode("malformed"))?;
+        let key = match snap.trust.key_at(raw.claims.kid, now) {
+            Some(k) if region.accepts_issuer(k.issuer) => k,
+            _ => return Err(CheckinError::BadCode("unknown_issuer")),
+        };
+        raw.check_signature(&key.key).map_err(|_| CheckinError::BadCode("bad_signature"))?;
+        raw.check_time(now, snap.clock_skew_s).map_err(|e| {
+            CheckinError::BadCode(if matches!(e, VerifyError::NotYetValid { .. }) {
+                "not_yet_valid"
+            } else {
+                "expired"
+            })
+        })?;
+        if self.revocations.load().check(raw.claims.holder, raw.claims.serial, now) == Check::Revoked {
+            return Err(CheckinError::BadCode("revoked"));
+        }
+        let today = region.day_of(now);
+        let unwell = req.temperature_c >= region.fever_threshold_c || !req.symptoms.is_empty();
+        let result = self.store.update(&raw.claims.holder, now, |entry| {
+            let Some((view, state)) = entry else { return (Err(CheckinError::UnknownHolder), None) };
+            if state.checkin_day() == Some(today) {
+                return (Err(CheckinError::AlreadyToday), None);
+            }
+            state.set_checkin_day(today);
+            let mut change = None;
+            let mut color = view.color;
+            if unwell {
+                if color == Color::Green {
+                    let until = now + region.fever_quarantine_s;
+                    change = Some((Color::Yellow, vec![Step { until, then: Color::Green }]));
+                    color = Color::Yellow;
+                }
+            } else {
+                state.set_health_at(now);
+            }
+            let reason = match color {
+                Color::Green if !unwell && policy::health_record_fresh(state.health_at(), region, now) => Reason::Ok,
+                Color::Green => Reason::NoHealthRecord,
+                Color::Pending => Reason::Pending,
+                _ => Reason::NotGreen,
+            };
+            let health_record = state.health_at().map(crate::clock::format_rfc3339);
+            (Ok((color, reason, health_record)), change)
+        });
+        let label = match &result {
+            Ok(_) if unwell => "unwell",
+            Ok(_) => "normal",
+            Err(CheckinError::AlreadyToday) => "duplicate",
+            Err(_) => "refused",
+        };
+        self.metrics.checkins.with_label_values(&[label]).inc();
+        let (color, reason, health_record) = result?;
+        Ok(CheckinOutcome { color, reason: reason.as_str(), health_record, epoch: self.store.epoch() })
+    }
+
+    /// Re-reads the configuration and trust list and swaps the snapshot
+    /// whole; on any error the running snapshot stays. Listener settings
+    /// (addresses, limits) take effect only at the next start.
+    pub fn reload(&self) -> Result<u64, crate::config::ConfigError> {
+        let result = Config::load(&self.config_path).map(|c| {
+            let filter_changed = c.revocation_filter != self.snapshot.load().revocation_filter;
+            let g = self.swap_snapshot(Snapshot::from_config(&c, 0));
+            if filter_changed {
+                self.revocations.store(Arc::new(self.revocations.load().resized(c.revocation_filter)));
+            }
+            g
+        });
+        self.metrics.reloads.with_label_values(&[if result.is_ok() { "ok" } else { "refused" }]).inc();
+        match &result {
+            Ok(g) => tracing::info!(generation = g, "configuration reloaded"),
+            Err(e) => tracing::warn!(error = %e, "configuration reload refused; keeping the running one"),
+        }
+        result
     }
 
     pub fn holder_status(&self, id: &HolderId) -> Option<HolderStatus> {

@@ -160,59 +160,97 @@ fn seed_is_deterministic() {
     assert_eq!(hg(&["seed", "--size", "5", "--mix", "green=2", "--out", "x"]).status.code(), Some(64));
 }
 
+/// A `healthgate demo` process; killed on drop.
+struct Demo {
+    child: std::process::Child,
+    env: healthgate::demo::Env,
+    _dir: tempfile::TempDir,
+}
+
+impl Demo {
+    fn start() -> Demo {
+        let dir = tempfile::tempdir().unwrap();
+        let demo = dir.path().join("demo");
+        let child = Command::new(healthgate_bin())
+            .args([
+                "demo",
+                "--dir",
+                demo.to_str().unwrap(),
+                "--size",
+                "1000",
+                "--public",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let env_path = demo.join("env.json");
+        let mut env = None;
+        for _ in 0..600 {
+            if let Ok(e) = healthgate::demo::Env::load(&env_path) {
+                env = Some(e);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let d = Demo { child, env: env.expect("demo wrote env.json"), _dir: dir };
+        let admin = d.env.admin_url.trim_start_matches("http://").to_owned();
+        for _ in 0..600 {
+            if http(&admin, "GET", "/readyz", "", "").starts_with("HTTP/1.1 200") {
+                return d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("demo never became ready");
+    }
+
+    fn public(&self) -> String {
+        self.env.public_url.trim_start_matches("http://").to_owned()
+    }
+
+    /// Issues a code with the CLI and scans it; returns the JSON answer.
+    fn scan(&self, holder: &str, checkpoint: &str) -> serde_json::Value {
+        let code = stdout(&hg(&["issue", "--key", self.env.issuer_key.to_str().unwrap(), "--holder", holder]));
+        let body = serde_json::json!({ "code": code, "checkpoint": checkpoint, "direction": "out" }).to_string();
+        let answer =
+            http(&self.public(), "POST", "/v1/scan", self.env.api_key(healthgate::auth::Role::Turnstile), &body);
+        let json = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The README's run command: `healthgate demo` serves, writes env.json, and
 /// stops cleanly on SIGTERM.
 #[test]
 fn demo_serves_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let demo = dir.path().join("demo");
-    let mut child = Command::new(healthgate_bin())
-        .args([
-            "demo",
-            "--dir",
-            demo.to_str().unwrap(),
-            "--size",
-            "1000",
-            "--public",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let env_path = demo.join("env.json");
-    let mut env = None;
-    for _ in 0..600 {
-        if let Ok(e) = healthgate::demo::Env::load(&env_path) {
-            env = Some(e);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let env = env.expect("demo wrote env.json");
-    let admin = env.admin_url.trim_start_matches("http://").to_owned();
-    let mut ready = false;
-    for _ in 0..600 {
-        if http_get(&admin, "/readyz").starts_with("HTTP/1.1 200") {
-            ready = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(ready, "demo never became ready");
+    let mut d = Demo::start();
     for class in ["metro", "rail", "road", "clinic"] {
-        assert!(!env.checkpoints[class].is_empty(), "{class}");
+        assert!(!d.env.checkpoints[class].is_empty(), "{class}");
     }
     for colour in ["green", "yellow", "red", "pending"] {
-        assert!(!env.holders[colour].is_empty(), "{colour}");
+        assert!(!d.env.holders[colour].is_empty(), "{colour}");
     }
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let status = child.wait().unwrap();
+    let green = d.env.holders["green"][0].to_hex();
+    assert_eq!(d.scan(&green, "wuhan-metro-hankou-1")["decision"], "pass");
+    d.signal("TERM");
+    let status = d.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let mut printed = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut printed).unwrap();
+    std::io::Read::read_to_string(&mut d.child.stdout.take().unwrap(), &mut printed).unwrap();
     for what in [
         "pass",
         "fever",
@@ -229,10 +267,112 @@ fn demo_serves_and_stops_on_sigterm() {
     }
 }
 
-fn http_get(addr: &str, path: &str) -> String {
+#[test]
+fn push_and_revoke_from_the_command_line() {
+    let d = Demo::start();
+    let auth = d.env.authority_key.to_str().unwrap().to_owned();
+    let key = d.env.api_key(healthgate::auth::Role::Authority).to_owned();
+    let admin = d.env.admin_url.clone();
+    let green = d.env.holders["green"][0].to_hex();
+    let metro = "wuhan-metro-wuchang-1";
+    let o = hg(&[
+        "push",
+        "--key",
+        &auth,
+        "--admin",
+        &admin,
+        "--api-key",
+        &key,
+        "--set",
+        &format!("{green}=red,until=2099-01-01T00:00:00Z,then=yellow"),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let epoch: u64 = stdout(&o).parse().expect("push prints the new epoch");
+    assert!(epoch > 1);
+    assert_eq!(d.scan(&green, metro)["reason"], "not_green");
+    assert_eq!(d.scan(&green, metro)["color"], "red");
+
+    // Bulk from a JSON-lines file, in several signed batches.
+    let file = d._dir.path().join("changes.jsonl");
+    let lines: Vec<String> =
+        d.env.holders["yellow"].iter().map(|h| format!("{{\"holder\":\"{h}\",\"color\":\"green\"}}")).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let o = hg(&[
+        "push",
+        "--key",
+        &auth,
+        "--admin",
+        &admin,
+        "--api-key",
+        &key,
+        "--file",
+        file.to_str().unwrap(),
+        "--batch",
+        "2",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let yellow0 = d.env.holders["yellow"][0].to_hex();
+    assert_eq!(
+        d.scan(&yellow0, "wuhan-rail-hankou").get("error").and_then(|e| e.as_str()).map(|e| e.contains("temperature")),
+        Some(true)
+    );
+    assert_eq!(d.scan(&yellow0, metro)["reason"], "ok");
+
+    // Revoke a holder.
+    let other = d.env.holders["green"][1].to_hex();
+    let o = hg(&["revoke", "--key", &auth, "--admin", &admin, "--api-key", &key, "--holder", &other]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(d.scan(&other, metro)["reason"], "revoked");
+
+    // Refusals exit 1 with the server's reason: a replayed sequence, a
+    // key the gateway does not trust.
+    let o = hg(&["revoke", "--key", &auth, "--admin", &admin, "--api-key", &key, "--serial", "5", "--seq", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("409"), "{o:?}");
+    let issuer = d.env.issuer_key.to_str().unwrap().to_owned();
+    let o = hg(&["push", "--key", &issuer, "--admin", &admin, "--api-key", &key, "--set", &format!("{green}=green")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown authority key"), "{o:?}");
+    assert_eq!(
+        hg(&["push", "--key", &auth, "--admin", &admin, "--api-key", &key, "--set", "nonsense"]).status.code(),
+        Some(64)
+    );
+}
+
+#[test]
+fn sighup_reloads_the_configuration() {
+    let d = Demo::start();
+    let yellow = d.env.holders["yellow"][0].to_hex();
+    let metro = "wuhan-metro-wuchang-1";
+    assert_eq!(d.scan(&yellow, metro)["reason"], "not_green");
+    let text = std::fs::read_to_string(&d.env.config).unwrap();
+    std::fs::write(
+        &d.env.config,
+        text.replace("[classes.metro]\nadmit = [\"green\"]", "[classes.metro]\nadmit = [\"green\", \"yellow\"]"),
+    )
+    .unwrap();
+    d.signal("HUP");
+    let mut passed = false;
+    for _ in 0..100 {
+        if d.scan(&yellow, metro)["decision"] == "pass" {
+            passed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(passed, "SIGHUP did not reload the configuration");
+}
+
+fn http(addr: &str, method: &str, path: &str, key: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(addr) else { return String::new() };
-    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes());
+    let _ = s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out

@@ -124,6 +124,15 @@ impl TestGateway {
         self.code_with(&self.env.issuer_key.clone(), holder, self.now(), 60)
     }
 
+    /// A fresh code with a chosen serial.
+    pub fn code_serial(&self, holder: HolderId, serial: u64) -> String {
+        let (kid, key) = healthgate::keys::read_secret(&self.env.issuer_key).expect("key");
+        let now = self.now();
+        Claims { kid, holder, issued_at: now, expires_at: now + 60, color: Color::Green, serial }
+            .sign(&key)
+            .expect("sign")
+    }
+
     pub async fn request(
         &self,
         method: Method,
@@ -170,6 +179,38 @@ impl TestGateway {
             color: v["color"].as_str().unwrap_or_default().to_owned(),
             epoch: v["epoch"].as_u64().unwrap_or_default(),
         }
+    }
+
+    /// Signs and posts a colour-update batch with the demo authority key.
+    pub async fn push(&self, seq: u64, changes: Vec<healthgate::feed::Change>) -> (StatusCode, Value) {
+        let (kid, key) = healthgate::keys::read_secret(&self.env.authority_key).expect("authority key");
+        let b = healthgate::feed::UpdateBatch { seq, kid: String::new(), changes, signature: String::new() }
+            .sign(kid, &key)
+            .expect("sign");
+        self.admin_post("/v1/admin/updates", serde_json::to_vec(&b).unwrap()).await
+    }
+
+    /// Signs and posts a revocation batch with the demo authority key.
+    pub async fn revoke(&self, seq: u64, revocations: Vec<healthgate::feed::Revocation>) -> (StatusCode, Value) {
+        let (kid, key) = healthgate::keys::read_secret(&self.env.authority_key).expect("authority key");
+        let b = healthgate::feed::RevocationBatch { seq, kid: String::new(), revocations, signature: String::new() }
+            .sign(kid, &key)
+            .expect("sign");
+        self.admin_post("/v1/admin/revocations", serde_json::to_vec(&b).unwrap()).await
+    }
+
+    /// POSTs to the admin listener with the authority key.
+    pub async fn admin_post(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let key = self.key(Role::Authority).to_owned();
+        self.request(Method::POST, &self.env.admin_url.clone(), path, Some(&key), Some(body)).await
+    }
+
+    /// The holder's effective colour as the status API reports it.
+    pub async fn color_of(&self, h: HolderId) -> String {
+        let key = self.key(Role::Authority).to_owned();
+        let (s, v) = self.get(&self.env.public_url.clone(), &format!("/v1/holders/{h}"), Some(&key)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["color"].as_str().unwrap_or_default().to_owned()
     }
 
     pub async fn metrics(&self) -> String {
