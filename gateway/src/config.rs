@@ -48,6 +48,10 @@ pub mod defaults {
     /// Wuhan checked temperature twice a day.
     pub const HEALTH_RECORD_VALIDITY_S: u64 = 12 * 3600;
     pub const FEVER_QUARANTINE_S: u64 = 14 * 24 * 3600;
+    /// Contact tracing needs 14 to 28 days of registrations.
+    pub const RETENTION_DAYS: u64 = 28;
+    pub const SNAPSHOT_INTERVAL_S: u64 = 300;
+    pub const PURGE_INTERVAL_S: u64 = 600;
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +78,35 @@ pub struct RawConfig {
     pub authority: RawAuthority,
     #[serde(default)]
     pub revocations: RawRevocations,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// Data directory (log segments, snapshots, tracing index), relative to
+    /// the configuration file.
+    pub dir: Option<PathBuf>,
+    /// `strict` (default), `async` or `off`.
+    pub mode: Option<String>,
+    pub batch_max_records: Option<usize>,
+    pub batch_max_wait_us: Option<u64>,
+    pub segment_bytes: Option<u64>,
+    pub queue_capacity: Option<usize>,
+    pub snapshot_interval_s: Option<u64>,
+    pub retention_days: Option<u64>,
+    pub purge_interval_s: Option<u64>,
+}
+
+/// Durability settings; `None` in [`Config::log`] when logging is off.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub dir: PathBuf,
+    pub wal: crate::wal::WalSettings,
+    pub snapshot_interval: Duration,
+    pub retention: Duration,
+    pub purge_interval: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +212,7 @@ pub struct Config {
     pub revocation_filter: FilterSettings,
     /// Index into the policy's regions.
     pub default_region: Option<usize>,
+    pub log: Option<LogSettings>,
 }
 
 impl Config {
@@ -368,7 +402,52 @@ impl Config {
             return Err(invalid("revocations.filter_fp_rate", "must be strictly between 0 and 1".into()));
         }
 
+        let l = raw.log;
+        let d = crate::wal::WalSettings::default();
+        let mode = match l.mode.as_deref().unwrap_or("strict") {
+            "strict" => Some(crate::wal::Mode::Strict),
+            "async" => Some(crate::wal::Mode::Async),
+            "off" => None,
+            other => return Err(invalid("log.mode", format!("{other:?} is not strict, async or off"))),
+        };
+        let batch_max_records = l.batch_max_records.unwrap_or(d.batch_max_records);
+        if !(1..=65_536).contains(&batch_max_records) {
+            return Err(invalid("log.batch_max_records", "must be between 1 and 65536".into()));
+        }
+        let batch_max_wait_us = l.batch_max_wait_us.unwrap_or(d.batch_max_wait.as_micros() as u64);
+        if batch_max_wait_us > 100_000 {
+            return Err(invalid("log.batch_max_wait_us", "must be at most 100000".into()));
+        }
+        let segment_bytes = l.segment_bytes.unwrap_or(d.segment_bytes);
+        if !(4096..=1 << 32).contains(&segment_bytes) {
+            return Err(invalid("log.segment_bytes", "must be between 4096 and 4294967296".into()));
+        }
+        let queue_capacity = l.queue_capacity.unwrap_or(d.queue_capacity);
+        if queue_capacity == 0 {
+            return Err(invalid("log.queue_capacity", "must be positive".into()));
+        }
+        let retention_days = l.retention_days.unwrap_or(defaults::RETENTION_DAYS);
+        if retention_days == 0 {
+            return Err(invalid("log.retention_days", "must be positive".into()));
+        }
+        let log = mode.map(|mode| LogSettings {
+            dir: base.join(l.dir.unwrap_or_else(|| PathBuf::from("data"))),
+            wal: crate::wal::WalSettings {
+                mode,
+                batch_max_records,
+                batch_max_wait: Duration::from_micros(batch_max_wait_us),
+                segment_bytes,
+                queue_capacity,
+            },
+            snapshot_interval: Duration::from_secs(
+                l.snapshot_interval_s.unwrap_or(defaults::SNAPSHOT_INTERVAL_S).max(1),
+            ),
+            retention: Duration::from_secs(retention_days * 86_400),
+            purge_interval: Duration::from_secs(l.purge_interval_s.unwrap_or(defaults::PURGE_INTERVAL_S).max(1)),
+        });
+
         Ok(Config {
+            log,
             path: path.to_owned(),
             server,
             trust_path,

@@ -100,6 +100,11 @@ fn key(dir: &Path, name: &str, kid: &str) -> std::io::Result<(PathBuf, ed25519_d
 pub fn prepare(dir: &Path, opts: &DemoOptions, public: &str, admin: &str, now: UnixSecs) -> std::io::Result<Env> {
     std::fs::create_dir_all(dir.join("keys"))?;
     let dir = dir.canonicalize()?;
+    // A new demo starts from its new population, not an old run's log.
+    match std::fs::remove_dir_all(dir.join("data")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let keys = dir.join("keys");
     let (issuer_key, hubei) = key(&keys, "hubei", "HB01")?;
     let (national_key, national) = key(&keys, "national", "NHC1")?;
@@ -232,7 +237,7 @@ admit_fever = true
     }
     holders.insert("green_no_record".into(), no_record);
     let state_path = dir.join("state.hgs");
-    snapshot::write_store(&state_path, &store).map_err(std::io::Error::other)?;
+    snapshot::write_store(&state_path, &store, &snapshot::Meta::default(), || Ok(())).map_err(std::io::Error::other)?;
 
     Ok(Env {
         public_url: String::new(),

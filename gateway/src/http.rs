@@ -18,7 +18,8 @@ use crate::service::{CheckinError, CheckinRequest, Gateway, ScanError, ScanReque
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -33,7 +34,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-type Body = Full<Bytes>;
+/// Every answer is one buffer, except the tracing queries, which stream.
+type Body = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
 
 /// An error answer. Built anywhere, turned into a response in one place.
 #[derive(Debug)]
@@ -70,7 +72,7 @@ impl From<CheckinError> for ApiError {
             CheckinError::UnknownHolder => StatusCode::NOT_FOUND,
             CheckinError::AlreadyToday => StatusCode::CONFLICT,
             CheckinError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            CheckinError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            CheckinError::NotReady | CheckinError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }
@@ -79,15 +81,19 @@ impl From<CheckinError> for ApiError {
 impl From<ScanError> for ApiError {
     fn from(e: ScanError) -> Self {
         let status = match e {
-            ScanError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ScanError::NotReady | ScanError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.to_string())
     }
 }
 
+fn full(b: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(b.into()))
+}
+
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
@@ -181,6 +187,14 @@ async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<I
         (Listener::Admin, &Method::POST, "/v1/admin/revocations") => revocations(gw, s, req).await,
         (Listener::Admin, &Method::POST, "/v1/admin/reload") => reload(gw, &req),
         (Listener::Admin, &Method::GET, "/v1/admin/feed") => feed_state(gw, &req),
+        (Listener::Admin, &Method::GET, "/v1/admin/visits") => visits(gw, &req, None).await,
+        (Listener::Admin, &Method::GET, p) if p.starts_with("/v1/admin/holders/") && p.ends_with("/visits") => {
+            let hex = &p["/v1/admin/holders/".len()..p.len() - "/visits".len()];
+            match hex.parse::<HolderId>() {
+                Ok(h) => visits(gw, &req, Some(h)).await,
+                Err(e) => Err(ApiError::bad_request(e.to_string())),
+            }
+        }
         (
             Listener::Admin,
             _,
@@ -201,7 +215,7 @@ fn readyz(gw: &Gateway) -> Response<Body> {
 
 fn metrics(gw: &Gateway) -> Response<Body> {
     let body = gw.metrics_text();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r
 }
@@ -282,12 +296,14 @@ async fn scan(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Resul
     authorize(gw, &req, &[Role::Turnstile, Role::Inspector])?;
     let bytes = read_body(req, s.max_body_bytes, s.header_read_timeout).await?;
     let body: ScanBody<'_> = parse_json(&bytes, "scan request")?;
-    let outcome = gw.scan(&ScanRequest {
-        code: &body.code,
-        checkpoint: &body.checkpoint,
-        direction: body.direction,
-        temperature_c: body.temperature_c,
-    })?;
+    let outcome = gw
+        .scan(&ScanRequest {
+            code: &body.code,
+            checkpoint: &body.checkpoint,
+            direction: body.direction,
+            temperature_c: body.temperature_c,
+        })
+        .await?;
     let d = outcome.decision;
     let answer = ScanAnswer {
         decision: d.decision_str(),
@@ -323,12 +339,14 @@ struct CheckinBody {
 async fn checkin(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let bytes = read_body(req, s.max_body_bytes, s.header_read_timeout).await?;
     let body: CheckinBody = parse_json(&bytes, "check-in")?;
-    let outcome = gw.checkin(&CheckinRequest {
-        code: &body.code,
-        temperature_c: body.temperature_c,
-        symptoms: &body.symptoms,
-        region: body.region.as_deref(),
-    })?;
+    let outcome = gw
+        .checkin(&CheckinRequest {
+            code: &body.code,
+            temperature_c: body.temperature_c,
+            symptoms: &body.symptoms,
+            region: body.region.as_deref(),
+        })
+        .await?;
     Ok(ok_json(&outcome))
 }
 
@@ -344,11 +362,11 @@ fn revocation_filter(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<B
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     let mut r = if unchanged {
-        let mut r = Response::new(Full::new(Bytes::new()));
+        let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        let mut r = Response::new(Full::new(body));
+        let mut r = Response::new(full(body));
         r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         r
     };
@@ -368,7 +386,7 @@ async fn updates(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Re
     authorize(gw, &req, &[Role::Authority])?;
     let bytes = read_body(req, s.max_admin_body_bytes, ADMIN_BODY_TIMEOUT).await?;
     let batch: UpdateBatch = parse_json(&bytes, "update batch")?;
-    let epoch = gw.apply_updates(&batch)?;
+    let epoch = gw.apply_updates(&batch).await?;
     Ok(ok_json(&Applied { epoch, seq: batch.seq, applied: batch.changes.len() }))
 }
 
@@ -376,7 +394,7 @@ async fn revocations(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -
     authorize(gw, &req, &[Role::Authority])?;
     let bytes = read_body(req, s.max_admin_body_bytes, ADMIN_BODY_TIMEOUT).await?;
     let batch: RevocationBatch = parse_json(&bytes, "revocation batch")?;
-    let epoch = gw.apply_revocations(&batch)?;
+    let epoch = gw.apply_revocations(&batch).await?;
     Ok(ok_json(&Applied { epoch, seq: batch.seq, applied: batch.revocations.len() }))
 }
 
@@ -389,4 +407,92 @@ fn reload(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiEr
 fn feed_state(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     authorize(gw, req, &[Role::Operator, Role::Authority])?;
     Ok(ok_json(&serde_json::json!({ "last_seq": gw.last_feed_seq(), "epoch": gw.store().epoch() })))
+}
+
+/// The value of `name` in a query string, percent-decoded (`+` is kept as
+/// is: RFC 3339 offsets use it).
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    let q = query?;
+    let raw = q.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn time_param(req: &Request<Incoming>, name: &str, default: u64) -> Result<u64, ApiError> {
+    match query_param(req.uri().query(), name) {
+        None => Ok(default),
+        Some(s) => crate::clock::parse_rfc3339(&s).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))),
+    }
+}
+
+/// `GET /v1/admin/visits?checkpoint=ID&from=&to=` and
+/// `GET /v1/admin/holders/{hex}/visits?from=&to=`: JSON lines, streamed.
+async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, req, &[Role::Authority])?;
+    let from = time_param(req, "from", 0)?;
+    let to = time_param(req, "to", u64::MAX)?;
+    let checkpoint = match holder {
+        Some(_) => None,
+        None => Some(
+            query_param(req.uri().query(), "checkpoint")
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| ApiError::bad_request("checkpoint is required"))?,
+        ),
+    };
+    let index = gw.visit_index().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "tracing needs the registration log (log.mode is off)")
+    })?;
+    // Read your writes: everything acknowledged before the query is in it.
+    gw.index_caught_up().await;
+    let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(8);
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(64 << 10);
+        let mut open = true;
+        let mut emit = |v: crate::visits::Visit| {
+            if serde_json::to_writer(&mut buf, &v).is_err() {
+                return false;
+            }
+            buf.push(b'\n');
+            if buf.len() >= 60 << 10 {
+                let chunk = Bytes::from(std::mem::take(&mut buf));
+                open = handle.block_on(tx.send_data(chunk)).is_ok();
+            }
+            open
+        };
+        let result = match (&holder, &checkpoint) {
+            (Some(h), _) => index.by_holder(h, from, to, &mut emit),
+            (None, Some(c)) => index.by_checkpoint(c, from, to, &mut emit),
+            (None, None) => Ok(()),
+        };
+        match result {
+            Ok(()) if !buf.is_empty() => {
+                let _ = handle.block_on(tx.send_data(Bytes::from(buf)));
+            }
+            Ok(()) => {}
+            // The status is already sent: end the stream with an error so
+            // the client sees a broken body, never a silently short one.
+            Err(e) => {
+                tracing::error!(error = %e, "tracing query failed mid-stream");
+                tx.abort(std::io::Error::other(e.to_string()));
+            }
+        }
+    });
+    let mut r = Response::new(Either::Right(body));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
 }

@@ -18,6 +18,7 @@ pub mod holder;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod persist;
 pub mod policy;
 pub mod population;
 pub mod revocation;
@@ -26,6 +27,8 @@ pub mod service;
 pub mod state;
 pub mod token;
 pub mod trust;
+pub mod visits;
+pub mod wal;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixSecs};
 pub use color::Color;

@@ -44,6 +44,14 @@ pub struct Metrics {
     pub revocations: IntGauge,
     pub checkins: IntCounterVec,
     pub reloads: IntCounterVec,
+    /// Records per fsync of the log (group commit at work).
+    pub log_batch_records: Histogram,
+    pub log_fsync_seconds: Histogram,
+    pub snapshots: IntCounterVec,
+    pub retention_purged_visits: IntCounter,
+    pub retention_purged_segments: IntCounter,
+    pub recovery_seconds: prometheus::Gauge,
+    pub recovery_replayed: IntGauge,
 }
 
 /// 10 µs to 100 ms in 1-2-5 steps: a scan is microseconds when healthy and
@@ -105,6 +113,30 @@ impl Metrics {
             Opts::new("healthgate_config_reloads_total", "Configuration reloads by result."),
             &["result"],
         )?;
+        let log_batch_records = Histogram::with_opts(
+            HistogramOpts::new("healthgate_log_batch_records", "Records made durable by one fsync of the log.")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+        )?;
+        let log_fsync_seconds = Histogram::with_opts(
+            HistogramOpts::new("healthgate_log_fsync_duration_seconds", "Time to write and fdatasync one log batch.")
+                .buckets(SCAN_BUCKETS.to_vec()),
+        )?;
+        let snapshots =
+            IntCounterVec::new(Opts::new("healthgate_snapshots_total", "State snapshots by result."), &["result"])?;
+        let retention_purged_visits = IntCounter::new(
+            "healthgate_retention_purged_visits_total",
+            "Registrations purged past the retention horizon.",
+        )?;
+        let retention_purged_segments = IntCounter::new(
+            "healthgate_retention_purged_segments_total",
+            "Log segments removed past the retention horizon.",
+        )?;
+        let recovery_seconds = prometheus::Gauge::new(
+            "healthgate_recovery_seconds",
+            "How long the last start took to load and replay state.",
+        )?;
+        let recovery_replayed =
+            IntGauge::new("healthgate_recovery_replayed_records", "Log records replayed at the last start.")?;
         for c in [
             Box::new(scans_vec) as Box<dyn prometheus::core::Collector>,
             Box::new(scan_seconds.clone()),
@@ -122,6 +154,13 @@ impl Metrics {
             Box::new(revocations.clone()),
             Box::new(checkins.clone()),
             Box::new(reloads.clone()),
+            Box::new(log_batch_records.clone()),
+            Box::new(log_fsync_seconds.clone()),
+            Box::new(snapshots.clone()),
+            Box::new(retention_purged_visits.clone()),
+            Box::new(retention_purged_segments.clone()),
+            Box::new(recovery_seconds.clone()),
+            Box::new(recovery_replayed.clone()),
         ] {
             registry.register(c)?;
         }
@@ -142,6 +181,13 @@ impl Metrics {
             revocations,
             checkins,
             reloads,
+            log_batch_records,
+            log_fsync_seconds,
+            snapshots,
+            retention_purged_visits,
+            retention_purged_segments,
+            recovery_seconds,
+            recovery_replayed,
         })
     }
 

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 pub enum RunError {
     #[error("cannot bind {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("loading state: {0}")]
-    State(#[from] crate::state::snapshot::SnapshotError),
+    #[error("recovering state: {0}")]
+    Recovery(#[from] crate::persist::PersistError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
@@ -62,6 +62,17 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    run_with(gw, config, listeners, shutdown, None).await
+}
+
+/// [`run`] with the log on the given storage (tests).
+pub async fn run_with(
+    gw: Arc<Gateway>,
+    config: &Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    storage: Option<Box<dyn crate::wal::storage::Storage>>,
+) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -81,42 +92,77 @@ pub async fn run(
         stopped(stop_rx),
     ));
 
-    let loaded = match &config.state_path {
-        Some(path) => {
-            let (gw2, path) = (gw.clone(), path.clone());
-            let started = std::time::Instant::now();
-            let r = tokio::task::spawn_blocking(move || gw2.load_state(&path))
-                .await
-                .map_err(|e| RunError::Task(e.to_string()))?;
-            if let Ok(l) = &r {
-                tracing::info!(
-                    holders = l.holders,
-                    epoch = l.epoch,
-                    ms = started.elapsed().as_millis() as u64,
-                    "state loaded"
-                );
-            }
-            r.map(|_| ())
-        }
-        None => Ok(()),
+    let recovered = {
+        let (gw2, config2) = (gw.clone(), config.clone());
+        tokio::task::spawn_blocking(move || gw2.recover_with(&config2, storage))
+            .await
+            .map_err(|e| RunError::Task(e.to_string()))?
     };
-    let result = match loaded {
-        Ok(()) => {
+    let result = match recovered {
+        Ok(r) => {
+            tracing::info!(
+                holders = r.holders,
+                snapshot_lsn = r.snapshot_lsn,
+                replayed = r.replayed,
+                indexed = r.indexed,
+                truncated_bytes = r.truncated_bytes,
+                ms = r.elapsed.as_millis() as u64,
+                "state recovered"
+            );
             gw.set_loaded();
             tracing::info!("ready");
             let reloader = tokio::spawn(reload_on_sighup(gw.clone()));
+            let background = config
+                .log
+                .as_ref()
+                .map(|l| tokio::spawn(housekeeping(gw.clone(), l.snapshot_interval, l.purge_interval)));
             shutdown.await;
             reloader.abort();
+            if let Some(b) = background {
+                b.abort();
+            }
             tracing::info!("shutting down: draining");
             Ok(())
         }
-        Err(e) => Err(RunError::State(e)),
+        Err(e) => Err(RunError::Recovery(e)),
     };
     gw.start_draining();
     let _ = stop_tx.send(true);
     let _ = public.await;
     let _ = admin.await;
+    // In-flight requests are answered; write a last snapshot and close the log.
+    let gw2 = gw.clone();
+    let _ = tokio::task::spawn_blocking(move || gw2.close_log()).await;
     result
+}
+
+/// Periodic snapshots and retention purges, off the request path.
+async fn housekeeping(gw: Arc<Gateway>, snapshot_every: std::time::Duration, purge_every: std::time::Duration) {
+    let mut snap = tokio::time::interval(snapshot_every);
+    let mut purge = tokio::time::interval(purge_every);
+    snap.tick().await;
+    loop {
+        tokio::select! {
+            _ = snap.tick() => {
+                let g = gw.clone();
+                match tokio::task::spawn_blocking(move || g.write_snapshot()).await {
+                    Ok(Ok(lsn)) => tracing::debug!(lsn, "snapshot written"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "snapshot failed"),
+                    Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
+                }
+            }
+            _ = purge.tick() => {
+                let g = gw.clone();
+                let now = gw.now();
+                match tokio::task::spawn_blocking(move || g.purge(now)).await {
+                    Ok(Ok((v, s))) if v + s > 0 => tracing::info!(visits = v, segments = s, "retention purge"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "retention purge failed"),
+                    Err(e) => tracing::warn!(error = %e, "retention purge task failed"),
+                }
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -15,15 +15,18 @@ use crate::holder::HolderId;
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, Direction, Passback, Policy, Reason, ScanInput, Shown};
 use crate::revocation::{Check, FilterSettings, Revocations};
+use crate::state::Update;
 use crate::state::{snapshot as state_file, Step, Store};
 use crate::token::{KeyId, RawToken, VerifyError};
 use crate::trust::TrustList;
+use crate::wal::record::{Body, ScanRecord, StateEffect};
+use crate::wal::{Mode, Ticket, Wal, WalError};
 use arc_swap::ArcSwap;
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// Everything read-mostly, swapped as one.
 pub struct Snapshot {
@@ -71,7 +74,7 @@ pub struct ScanOutcome {
 }
 
 /// A request the gateway refuses to decide: the device is misconfigured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScanError {
     #[error("unknown checkpoint")]
     UnknownCheckpoint,
@@ -81,6 +84,8 @@ pub enum ScanError {
     TemperatureOutOfRange,
     #[error("not ready")]
     NotReady,
+    #[error("{0}")]
+    Unavailable(WalError),
 }
 
 /// A holder's status for inspectors and the authority.
@@ -123,7 +128,20 @@ pub struct Gateway {
     /// under it. It serialises authority batches, never scans.
     feed_seq: Mutex<u64>,
     /// Where the configuration is re-read from on reload.
-    config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
+    /// The write-ahead log, once recovery has started it. Unset when
+    /// logging is off (benchmarks) or before the state is loaded.
+    pub(crate) wal: OnceLock<Arc<Wal>>,
+    /// Orders colour changes against the log. Authority batches take it for
+    /// writing while they log and apply; a scan or check-in that changes a
+    /// colour takes it for reading; scans that change no colour (nearly all)
+    /// never touch it. So a colour change is never half-way through a batch
+    /// in memory while sitting on the other side of it in the log, and
+    /// replay gives back the state that was served. A std lock: nothing
+    /// awaits while holding it.
+    pub(crate) colour_order: RwLock<()>,
+    /// Snapshot, index and retention state once recovery has run.
+    pub(crate) durability: OnceLock<crate::persist::Durability>,
 }
 
 /// A daily health check-in (rule 8), authenticated by the holder's code.
@@ -155,6 +173,16 @@ pub enum CheckinError {
     BadRequest(&'static str),
     #[error("not ready")]
     NotReady,
+    #[error("{0}")]
+    Unavailable(WalError),
+}
+
+/// What the scan path's critical section ends with.
+enum Locked {
+    Done(Decision, Option<Ticket>),
+    /// The decision changes a colour: redo it holding `colour_order`.
+    NeedColourLock,
+    Failed(WalError),
 }
 
 impl Gateway {
@@ -172,6 +200,9 @@ impl Gateway {
             revocations: ArcSwap::from_pointee(Revocations::empty(config.revocation_filter)),
             feed_seq: Mutex::new(0),
             config_path: config.path.clone(),
+            wal: OnceLock::new(),
+            colour_order: RwLock::new(()),
+            durability: OnceLock::new(),
         })
     }
 
@@ -221,7 +252,26 @@ impl Gateway {
         self.metrics.ready.set(0);
     }
     pub fn is_ready(&self) -> bool {
-        self.loaded.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+        self.loaded.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && !self.wal.get().is_some_and(|w| w.is_failed())
+    }
+
+    /// Logs a record if logging is on. Called under the lock that orders
+    /// the change it records.
+    fn log(&self, at: UnixSecs, body: impl FnOnce() -> Body) -> Result<Option<Ticket>, WalError> {
+        match self.wal.get() {
+            None => Ok(None),
+            Some(w) => w.append(at, body()).map(Some),
+        }
+    }
+
+    /// Waits until a logged change is durable (no-op when logging is off).
+    pub async fn durable(ticket: Option<Ticket>) -> Result<(), WalError> {
+        match ticket {
+            None => Ok(()),
+            Some(t) => t.wait().await.map(|_| ()),
+        }
     }
 
     /// The role of a presented API key under the current snapshot.
@@ -229,10 +279,24 @@ impl Gateway {
         self.snapshot.load().keys.role_of(key)
     }
 
-    /// Decides one scan and applies its effect on the holder.
-    pub fn scan(&self, req: &ScanRequest<'_>) -> Result<ScanOutcome, ScanError> {
+    /// Decides one scan, applies its effect and answers once the decision
+    /// is durable (strict mode) or at once (async mode).
+    pub async fn scan(&self, req: &ScanRequest<'_>) -> Result<ScanOutcome, ScanError> {
+        let (outcome, ticket) = self.scan_nowait(req)?;
+        if self.wal.get().is_some_and(|w| w.mode() == Mode::Strict) {
+            Self::durable(ticket).await.map_err(ScanError::Unavailable)?;
+        }
+        Ok(outcome)
+    }
+
+    /// The synchronous part of [`Gateway::scan`]: decide, apply, log. The
+    /// ticket resolves when the registration is durable.
+    pub fn scan_nowait(&self, req: &ScanRequest<'_>) -> Result<(ScanOutcome, Option<Ticket>), ScanError> {
         if !self.loaded.load(Ordering::Acquire) {
             return Err(ScanError::NotReady);
+        }
+        if self.wal.get().is_some_and(|w| w.is_failed()) {
+            return Err(ScanError::Unavailable(WalError::Failed));
         }
         let snap = self.snapshot.load();
         let place = snap.policy.place(req.checkpoint).ok_or(ScanError::UnknownCheckpoint)?;
@@ -242,23 +306,31 @@ impl Gateway {
             _ => {}
         }
         let now = self.clock.now();
-        let token_failure = |reason| Decision::deny(Shown::Unknown, reason);
-        let raw = match RawToken::decode(req.code) {
-            Ok(raw) => raw,
-            Err(_) => {
-                return Ok(ScanOutcome {
-                    decision: token_failure(Reason::Malformed),
-                    holder: None,
-                    epoch: self.store.epoch(),
-                })
-            }
+        let record = |holder: Option<HolderId>, serial: u64, d: &Decision, effect: StateEffect| {
+            Body::Scan(ScanRecord {
+                holder,
+                serial,
+                checkpoint: req.checkpoint.to_owned(),
+                direction: req.direction,
+                temperature_c: req.temperature_c.map(|t| t as f32),
+                pass: d.pass,
+                reason: d.reason,
+                effect,
+            })
         };
-        let holder = raw.claims.holder;
-        let outcome = |decision| ScanOutcome { decision, holder: Some(holder), epoch: self.store.epoch() };
+        // A refusal before the holder is read changes no state: log it and go.
+        let refuse = |holder: Option<HolderId>, serial: u64, reason: Reason| {
+            let d = Decision::deny(Shown::Unknown, reason);
+            let ticket =
+                self.log(now, || record(holder, serial, &d, StateEffect::default())).map_err(ScanError::Unavailable)?;
+            Ok((ScanOutcome { decision: d, holder, epoch: self.store.epoch() }, ticket))
+        };
+        let Ok(raw) = RawToken::decode(req.code) else { return refuse(None, 0, Reason::Malformed) };
+        let (holder, serial) = (raw.claims.holder, raw.claims.serial);
         // Rule 11: the key must be trusted and its issuer accepted here.
         let key = match snap.trust.key_at(raw.claims.kid, now) {
             Some(k) if place.region.accepts_issuer(k.issuer) => k,
-            _ => return Ok(outcome(token_failure(Reason::UnknownIssuer))),
+            _ => return refuse(Some(holder), serial, Reason::UnknownIssuer),
         };
         if let Err(e) = raw.check_signature(&key.key).and_then(|()| raw.check_time(now, snap.clock_skew_s)) {
             let reason = match e {
@@ -266,18 +338,40 @@ impl Gateway {
                 VerifyError::NotYetValid { .. } => Reason::NotYetValid,
                 _ => Reason::BadSignature,
             };
-            return Ok(outcome(token_failure(reason)));
+            return refuse(Some(holder), serial, reason);
         }
-        match self.revocations.load().check(holder, raw.claims.serial, now) {
+        match self.revocations.load().check(holder, serial, now) {
             Check::Clear => {}
             Check::FalsePositive => self.metrics.revocation_false_positives.inc(),
-            Check::Revoked => return Ok(outcome(token_failure(Reason::Revoked))),
+            Check::Revoked => return refuse(Some(holder), serial, Reason::Revoked),
         }
         let input = ScanInput { direction: req.direction, temperature_c: req.temperature_c };
-        let decision = self.store.update(&holder, now, |entry| match entry {
-            None => (policy::decide(place, None, input, now).0, None),
-            Some((view, state)) => {
-                let (decision, effect) = policy::decide(place, Some(view), input, now);
+        let mut colour_guard = None;
+        loop {
+            let have_colour_lock = colour_guard.is_some();
+            let locked = self.store.update(&holder, now, |entry| {
+                let Some((view, state)) = entry else {
+                    let d = policy::decide(place, None, input, now).0;
+                    return match self.log(now, || record(Some(holder), serial, &d, StateEffect::default())) {
+                        Ok(t) => Update::Commit(Locked::Done(d, t), None),
+                        Err(e) => Update::Abort(Locked::Failed(e)),
+                    };
+                };
+                let (d, effect) = policy::decide(place, Some(view), input, now);
+                if effect.quarantine.is_some() && !have_colour_lock {
+                    return Update::Abort(Locked::NeedColourLock);
+                }
+                let logged = StateEffect {
+                    health: effect.health_record,
+                    passback: effect.passback,
+                    color: effect.quarantine.clone(),
+                };
+                // Log first, under the holder's lock: if the log refuses,
+                // nothing changes.
+                let ticket = match self.log(now, || record(Some(holder), serial, &d, logged)) {
+                    Ok(t) => t,
+                    Err(e) => return Update::Abort(Locked::Failed(e)),
+                };
                 if effect.health_record {
                     state.set_health_at(now);
                 }
@@ -286,53 +380,102 @@ impl Gateway {
                     Passback::Enter(group) => state.enter(group, now),
                     Passback::Exit => state.exit(),
                 }
-                (decision, effect.quarantine)
+                Update::Commit(Locked::Done(d, ticket), effect.quarantine)
+            });
+            match locked {
+                Locked::Done(decision, ticket) => {
+                    let outcome = ScanOutcome { decision, holder: Some(holder), epoch: self.store.epoch() };
+                    return Ok((outcome, ticket));
+                }
+                Locked::Failed(e) => return Err(ScanError::Unavailable(e)),
+                Locked::NeedColourLock => {
+                    colour_guard = Some(self.colour_order.read().unwrap_or_else(|e| e.into_inner()));
+                }
             }
-        });
-        Ok(outcome(decision))
+        }
     }
 
-    /// Applies a signed batch of colour changes, all or nothing. Returns the
-    /// new epoch.
-    pub fn apply_updates(&self, batch: &UpdateBatch) -> Result<u64, FeedError> {
-        let snap = self.snapshot.load();
-        let result = (|| {
-            let changes = batch.verify(&snap.authority_keys)?;
-            let mut last = self.feed_seq.lock().unwrap_or_else(|e| e.into_inner());
-            if batch.seq <= *last {
-                return Err(FeedError::Replay { got: batch.seq, last: *last });
+    /// Applies a signed batch of colour changes, all or nothing, and
+    /// answers once it is durable. Returns the new epoch.
+    pub async fn apply_updates(&self, batch: &UpdateBatch) -> Result<u64, FeedError> {
+        let result = match self.apply_updates_nowait(batch) {
+            Ok((epoch, ticket)) => {
+                Self::durable(ticket).await.map(|()| epoch).map_err(|e| FeedError::Unavailable(e.to_string()))
             }
-            let epoch = self.store.apply_changes(&changes, self.clock.now());
-            *last = batch.seq;
-            self.metrics.feed_changes.inc_by(changes.len() as u64);
-            self.metrics.feed_last_seq.set(i64::try_from(batch.seq).unwrap_or(i64::MAX));
-            Ok(epoch)
-        })();
+            Err(e) => Err(e),
+        };
         self.count_batch("updates", &result);
         result
     }
 
-    /// Applies a signed batch of revocations, all or nothing. Returns the
-    /// new epoch.
-    pub fn apply_revocations(&self, batch: &RevocationBatch) -> Result<u64, FeedError> {
+    fn apply_updates_nowait(&self, batch: &UpdateBatch) -> Result<(u64, Option<Ticket>), FeedError> {
         let snap = self.snapshot.load();
-        let result = (|| {
-            batch.verify(&snap.authority_keys)?;
-            let mut last = self.feed_seq.lock().unwrap_or_else(|e| e.into_inner());
-            if batch.seq <= *last {
-                return Err(FeedError::Replay { got: batch.seq, last: *last });
+        let changes = batch.verify(&snap.authority_keys)?;
+        let _order = self.colour_order.write().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.feed_seq.lock().unwrap_or_else(|e| e.into_inner());
+        if batch.seq <= *last {
+            return Err(FeedError::Replay { got: batch.seq, last: *last });
+        }
+        let now = self.clock.now();
+        // Logged before it is applied, under the write lock: a snapshot
+        // (which reads the log position under the read lock) never sees a
+        // batch half-applied.
+        let ticket = self
+            .log(now, || Body::Updates { seq: batch.seq, changes: changes.clone() })
+            .map_err(|e| FeedError::Unavailable(e.to_string()))?;
+        let epoch = self.store.apply_changes(&changes, now);
+        *last = batch.seq;
+        self.metrics.feed_changes.inc_by(changes.len() as u64);
+        self.metrics.feed_last_seq.set(i64::try_from(batch.seq).unwrap_or(i64::MAX));
+        Ok((epoch, ticket))
+    }
+
+    /// Applies a signed batch of revocations, all or nothing, and answers
+    /// once it is durable. Returns the new epoch.
+    pub async fn apply_revocations(&self, batch: &RevocationBatch) -> Result<u64, FeedError> {
+        let result = match self.apply_revocations_nowait(batch) {
+            Ok((epoch, ticket)) => {
+                Self::durable(ticket).await.map(|()| epoch).map_err(|e| FeedError::Unavailable(e.to_string()))
             }
-            let current = self.revocations.load();
-            let next =
-                current.with(&batch.revocations, self.clock.now(), current.version() + 1, snap.revocation_filter);
-            self.metrics.revocations.set(next.len() as i64);
-            self.revocations.store(Arc::new(next));
-            *last = batch.seq;
-            self.metrics.feed_last_seq.set(i64::try_from(batch.seq).unwrap_or(i64::MAX));
-            Ok(self.store.bump_epoch())
-        })();
+            Err(e) => Err(e),
+        };
         self.count_batch("revocations", &result);
         result
+    }
+
+    fn apply_revocations_nowait(&self, batch: &RevocationBatch) -> Result<(u64, Option<Ticket>), FeedError> {
+        let snap = self.snapshot.load();
+        batch.verify(&snap.authority_keys)?;
+        let _order = self.colour_order.write().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.feed_seq.lock().unwrap_or_else(|e| e.into_inner());
+        if batch.seq <= *last {
+            return Err(FeedError::Replay { got: batch.seq, last: *last });
+        }
+        let now = self.clock.now();
+        let ticket = self
+            .log(now, || Body::Revocations { seq: batch.seq, entries: batch.revocations.clone() })
+            .map_err(|e| FeedError::Unavailable(e.to_string()))?;
+        self.add_revocations(&batch.revocations, now, snap.revocation_filter);
+        *last = batch.seq;
+        self.metrics.feed_last_seq.set(i64::try_from(batch.seq).unwrap_or(i64::MAX));
+        Ok((self.store.bump_epoch(), ticket))
+    }
+
+    pub(crate) fn add_revocations(&self, entries: &[crate::feed::Revocation], now: UnixSecs, settings: FilterSettings) {
+        let current = self.revocations.load();
+        let next = current.with(entries, now, current.version() + 1, settings);
+        self.metrics.revocations.set(next.len() as i64);
+        self.revocations.store(Arc::new(next));
+    }
+
+    pub(crate) fn revocations(&self) -> arc_swap::Guard<Arc<Revocations>> {
+        self.revocations.load()
+    }
+
+    pub(crate) fn set_feed_seq_at_least(&self, seq: u64) {
+        let mut last = self.feed_seq.lock().unwrap_or_else(|e| e.into_inner());
+        *last = (*last).max(seq);
+        self.metrics.feed_last_seq.set(i64::try_from(*last).unwrap_or(i64::MAX));
     }
 
     fn count_batch(&self, kind: &str, result: &Result<u64, FeedError>) {
@@ -359,7 +502,13 @@ impl Gateway {
     /// A daily health check-in: once per holder per calendar day of the
     /// region; a fever or any symptom turns a green holder yellow for the
     /// region's quarantine time, a normal one refreshes the health record.
-    pub fn checkin(&self, req: &CheckinRequest<'_>) -> Result<CheckinOutcome, CheckinError> {
+    pub async fn checkin(&self, req: &CheckinRequest<'_>) -> Result<CheckinOutcome, CheckinError> {
+        let (outcome, ticket) = self.checkin_nowait(req)?;
+        Self::durable(ticket).await.map_err(CheckinError::Unavailable)?;
+        Ok(outcome)
+    }
+
+    fn checkin_nowait(&self, req: &CheckinRequest<'_>) -> Result<(CheckinOutcome, Option<Ticket>), CheckinError> {
         if !self.loaded.load(Ordering::Acquire) {
             return Err(CheckinError::NotReady);
         }
@@ -394,12 +543,15 @@ impl Gateway {
         }
         let today = region.day_of(now);
         let unwell = req.temperature_c >= region.fever_threshold_c || !req.symptoms.is_empty();
-        let result = self.store.update(&raw.claims.holder, now, |entry| {
-            let Some((view, state)) = entry else { return (Err(CheckinError::UnknownHolder), None) };
+        // A check-in may change a colour: it always orders itself against
+        // authority batches (check-ins are rare next to scans).
+        let _order = self.colour_order.read().unwrap_or_else(|e| e.into_inner());
+        let holder = raw.claims.holder;
+        let result = self.store.update(&holder, now, |entry| {
+            let Some((view, state)) = entry else { return Update::Abort(Err(CheckinError::UnknownHolder)) };
             if state.checkin_day() == Some(today) {
-                return (Err(CheckinError::AlreadyToday), None);
+                return Update::Abort(Err(CheckinError::AlreadyToday));
             }
-            state.set_checkin_day(today);
             let mut change = None;
             let mut color = view.color;
             if unwell {
@@ -417,8 +569,21 @@ impl Gateway {
                 Color::Pending => Reason::Pending,
                 _ => Reason::NotGreen,
             };
+            let effect = StateEffect { health: !unwell, passback: Passback::None, color: change.clone() };
+            let logged = self.log(now, || Body::Checkin {
+                holder,
+                day: today,
+                temperature_c: req.temperature_c as f32,
+                symptoms: req.symptoms.len() as u8,
+                effect,
+            });
+            let ticket = match logged {
+                Ok(t) => t,
+                Err(e) => return Update::Abort(Err(CheckinError::Unavailable(e))),
+            };
+            state.set_checkin_day(today);
             let health_record = state.health_at().map(crate::clock::format_rfc3339);
-            (Ok((color, reason, health_record)), change)
+            Update::Commit(Ok((color, reason, health_record, ticket)), change)
         });
         let label = match &result {
             Ok(_) if unwell => "unwell",
@@ -427,8 +592,8 @@ impl Gateway {
             Err(_) => "refused",
         };
         self.metrics.checkins.with_label_values(&[label]).inc();
-        let (color, reason, health_record) = result?;
-        Ok(CheckinOutcome { color, reason: reason.as_str(), health_record, epoch: self.store.epoch() })
+        let (color, reason, health_record, ticket) = result?;
+        Ok((CheckinOutcome { color, reason: reason.as_str(), health_record, epoch: self.store.epoch() }, ticket))
     }
 
     /// Re-reads the configuration and trust list and swaps the snapshot
@@ -493,5 +658,6 @@ impl Gateway {
             self.metrics.holders.with_label_values(&[c.as_str()]).set(n);
         }
         self.metrics.epoch.set(i64::try_from(self.store.epoch()).unwrap_or(i64::MAX));
+        self.metrics.ready.set(i64::from(self.is_ready()));
     }
 }

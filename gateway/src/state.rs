@@ -171,6 +171,12 @@ pub struct HolderView<'a> {
     pub state: &'a HolderState,
 }
 
+/// What a [`Store::update`] closure decides.
+pub enum Update<R> {
+    Commit(R, Option<(Color, Vec<Step>)>),
+    Abort(R),
+}
+
 /// A change of colour with its schedule, as the authority sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColorChange {
@@ -285,17 +291,23 @@ impl Store {
 
     /// Runs `f` with exclusive access to one holder's state: the scan path.
     /// `f` sees the effective colour and may edit the rest of the state; it
-    /// returns its result and, when it changes the colour, the new colour
-    /// and schedule. Everything happens under the entry's lock, so two
+    /// returns [`Update::Commit`] with its result and, when it changes the
+    /// colour, the new colour and schedule, or [`Update::Abort`] to leave the
+    /// holder as it was. Everything happens under the entry's lock, so two
     /// concurrent scans of one holder are decided one after the other
-    /// (anti-passback depends on it).
+    /// (anti-passback depends on it), and whatever `f` does before it
+    /// returns (logging the change) happens before anyone can see the change.
     pub fn update<R>(
         &self,
         id: &HolderId,
         now: UnixSecs,
-        f: impl FnOnce(Option<(HolderView<'_>, &mut HolderState)>) -> (R, Option<(Color, Vec<Step>)>),
+        f: impl FnOnce(Option<(HolderView<'_>, &mut HolderState)>) -> Update<R>,
     ) -> R {
-        let Some(mut entry) = self.holders.get_mut(id) else { return f(None).0 };
+        let Some(mut entry) = self.holders.get_mut(id) else {
+            return match f(None) {
+                Update::Commit(r, _) | Update::Abort(r) => r,
+            };
+        };
         let mut state = *entry;
         let before = state.color();
         if state.has_steps() {
@@ -306,17 +318,28 @@ impl Store {
         drop(steps_guard);
         let mut edited = state;
         let view = HolderView { color: state.color(), since: state.since(), steps: &steps, state: &state };
-        let (result, change) = f(Some((view, &mut edited)));
-        if let Some((color, new_steps)) = change {
-            edited.set_color(color, now);
-            edited.set_has_steps(!new_steps.is_empty());
-            if new_steps.is_empty() {
-                self.steps.remove(id);
-            } else {
-                self.steps.insert(*id, new_steps.into_boxed_slice());
+        let result = match f(Some((view, &mut edited))) {
+            Update::Abort(r) => {
+                // Settling folded due steps into the stored colour and the
+                // steps map already; keep that (it changes no effective
+                // colour), drop everything `f` did.
+                edited = state;
+                r
             }
-            self.bump_epoch();
-        }
+            Update::Commit(r, change) => {
+                if let Some((color, new_steps)) = change {
+                    edited.set_color(color, now);
+                    edited.set_has_steps(!new_steps.is_empty());
+                    if new_steps.is_empty() {
+                        self.steps.remove(id);
+                    } else {
+                        self.steps.insert(*id, new_steps.into_boxed_slice());
+                    }
+                    self.bump_epoch();
+                }
+                r
+            }
+        };
         *entry = edited;
         drop(entry);
         self.recount(Some(before), edited.color());
@@ -408,14 +431,20 @@ mod tests {
             let (v, _) = v.unwrap();
             assert_eq!(v.color, Color::Green);
             assert!(v.steps.is_empty());
-            ((), None)
+            Update::Commit((), None)
         });
         assert_eq!(s.count_by_color(), [1, 0, 0, 0]);
         assert!(s.steps.is_empty());
         // A change made in update moves the epoch and the counts.
         let e = s.epoch();
-        s.update(&H, 160, |_| ((), Some((Color::Yellow, vec![Step { until: 500, then: Color::Green }]))));
+        s.update(&H, 160, |_| Update::Commit((), Some((Color::Yellow, vec![Step { until: 500, then: Color::Green }]))));
         assert_eq!(s.epoch(), e + 1);
+        // An aborted update changes nothing.
+        s.update(&H, 170, |v| {
+            v.unwrap().1.set_health_at(170);
+            Update::Abort(())
+        });
+        s.read(&H, 170, |v| assert_ne!(v.unwrap().state.health_at(), Some(170)));
         assert_eq!(s.count_by_color(), [0, 1, 0, 0]);
         s.read(&H, 499, |v| assert_eq!(v.unwrap().steps.len(), 1));
     }

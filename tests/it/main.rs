@@ -3,6 +3,7 @@
 
 mod authority;
 mod cli;
+mod durability;
 mod errors;
 mod rules;
 mod server;

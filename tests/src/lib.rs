@@ -11,6 +11,7 @@ use healthgate::config::Config;
 use healthgate::demo::{DemoOptions, Env};
 use healthgate::service::Gateway;
 use healthgate::token::Claims;
+use healthgate::wal::storage::FaultyStorage;
 use healthgate::{Color, HolderId};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -36,6 +37,7 @@ pub struct TestGateway {
     pub gw: Arc<Gateway>,
     pub config: Config,
     pub http: HttpClient,
+    pub disk: Option<FaultyStorage>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), healthgate::server::RunError>>>,
 }
@@ -49,33 +51,107 @@ impl TestGateway {
     }
 
     pub async fn start_with(edit: ConfigEdit) -> TestGateway {
+        Self::start_full(edit, None).await
+    }
+
+    /// Starts with the log on a fake disk that can lose, tear and fail.
+    pub async fn start_with_storage(edit: ConfigEdit, disk: FaultyStorage) -> TestGateway {
+        Self::start_full(edit, Some(disk)).await
+    }
+
+    async fn start_full(edit: ConfigEdit, disk: Option<FaultyStorage>) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let now = SystemClock.now();
         let opts = DemoOptions { size: 2_000, seed: 7, ..Default::default() };
         let env = healthgate::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now).expect("demo");
         let text = std::fs::read_to_string(&env.config).expect("config");
         std::fs::write(&env.config, edit(text)).expect("config");
+        Self::launch(dir, env, ManualClock::new(now), disk).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        mut env: Env,
+        clock: ManualClock,
+        disk: Option<FaultyStorage>,
+    ) -> TestGateway {
         let config = Config::load(&env.config).expect("valid config");
-        let clock = ManualClock::new(now);
         let gw = healthgate::server::build(&config, Arc::new(clock.clone())).expect("gateway");
         let listeners = healthgate::server::Listeners::bind(&config.server).await.expect("bind");
         let (public, admin) = listeners.addrs();
-        let mut env = env;
         env.public_url = format!("http://{public}");
         env.admin_url = format!("http://{admin}");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = {
             let (gw, config) = (gw.clone(), config.clone());
+            let storage = disk.clone().map(|d| Box::new(d) as Box<dyn healthgate::wal::storage::Storage>);
             tokio::spawn(async move {
-                healthgate::server::run(gw, &config, listeners, async {
-                    let _ = stopped.await;
-                })
+                healthgate::server::run_with(
+                    gw,
+                    &config,
+                    listeners,
+                    async {
+                        let _ = stopped.await;
+                    },
+                    storage,
+                )
                 .await
             })
         };
-        let t = TestGateway { dir, env, clock, gw, config, http: client(), stop: Some(stop), task: Some(task) };
+        let mut t =
+            TestGateway { dir, env, clock, gw, config, http: client(), disk, stop: Some(stop), task: Some(task) };
+        for _ in 0..1000 {
+            if t.task.as_ref().is_some_and(|h| h.is_finished()) {
+                let r = t.task.take().expect("task").await;
+                panic!("the gateway stopped while starting: {r:?}");
+            }
+            if t.gw.is_ready() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         t.wait_ready().await;
         t
+    }
+
+    /// Stops the gateway (gracefully: a last snapshot is written) and starts
+    /// a new one on the same data directory, clock and disk.
+    pub async fn restart(mut self) -> TestGateway {
+        let (dir, env, clock, disk) = self.take_parts().await;
+        drop(self);
+        Self::launch(dir, env, clock, disk).await
+    }
+
+    /// Like [`TestGateway::restart`], but the snapshot is removed first, so
+    /// the new gateway rebuilds everything from the population and the log.
+    pub async fn restart_from_log(mut self) -> TestGateway {
+        let (dir, env, clock, disk) = self.take_parts().await;
+        drop(self);
+        std::fs::remove_file(dir.path().join("data/state.hgs")).expect("snapshot exists");
+        Self::launch(dir, env, clock, disk).await
+    }
+
+    /// Stops without the final snapshot being trusted: the fake disk then
+    /// loses everything unsynced, and a new gateway recovers from it.
+    pub async fn crash_and_restart(mut self) -> TestGateway {
+        let (dir, env, clock, disk) = self.take_parts().await;
+        drop(self);
+        let disk = disk.expect("crash needs the fake disk");
+        disk.crash();
+        let _ = std::fs::remove_file(dir.path().join("data/state.hgs"));
+        Self::launch(dir, env, clock, Some(disk)).await
+    }
+
+    async fn take_parts(&mut self) -> (tempfile::TempDir, Env, ManualClock, Option<FaultyStorage>) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let placeholder = tempfile::tempdir().expect("tempdir");
+        let dir = std::mem::replace(&mut self.dir, placeholder);
+        (dir, self.env.clone(), self.clock.clone(), self.disk.clone())
     }
 
     pub async fn wait_ready(&self) {
@@ -86,6 +162,18 @@ impl TestGateway {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("gateway never became ready");
+    }
+
+    /// Lines of a JSON-lines answer from the admin listener (authority key).
+    pub async fn admin_lines(&self, path: &str) -> (StatusCode, Vec<Value>) {
+        let key = self.key(Role::Authority).to_owned();
+        let (s, v) = self.get(&self.env.admin_url.clone(), path, Some(&key)).await;
+        let lines = match v {
+            Value::String(text) => text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect(),
+            Value::Object(_) if s != StatusCode::OK => vec![v],
+            other => vec![other],
+        };
+        (s, lines)
     }
 
     /// Stops the server and waits for `run` to return.
@@ -102,6 +190,12 @@ impl TestGateway {
 
     pub fn holder(&self, color: &str, i: usize) -> HolderId {
         self.env.holders[color][i]
+    }
+
+    /// The first `n` green holders of the population.
+    pub fn greens(&self, n: usize) -> Vec<HolderId> {
+        let p = &self.env.population;
+        (0..p.size).filter(|&i| p.color(i) == Color::Green).take(n).map(|i| p.holder(i)).collect()
     }
 
     pub fn checkpoint(&self, class: &str) -> &str {

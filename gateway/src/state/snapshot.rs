@@ -8,6 +8,9 @@
 //! holders × (id [16] | state 5 × u32)            36 bytes each
 //! schedules u64
 //! schedules × (id [16] | n u8 | n × (until u32 | colour u8))
+//! lsn u64 | feed sequence u64                     (replay the log after lsn)
+//! revocations u64
+//! revocations × (target u8: 1 holder, 2 serial | id [16] | expires u64, 0 = never)
 //! crc32 u32 over everything before it
 //! ```
 //!
@@ -17,6 +20,7 @@
 use super::{HolderState, Step, Store, MAX_STEPS};
 use crate::clock::UnixSecs;
 use crate::color::Color;
+use crate::feed::{Revocation, Target};
 use crate::holder::HolderId;
 use crate::population::Population;
 use std::fs::File;
@@ -25,7 +29,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 const MAGIC: &[u8; 8] = b"HGSTATE\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const RECORD: usize = 36;
 
 #[derive(Debug, Error)]
@@ -41,10 +45,21 @@ pub enum SnapshotError {
 }
 
 /// What a loaded file said besides the holders.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub epoch: u64,
     pub holders: u64,
+    pub meta: Meta,
+}
+
+/// The rest of the state that a snapshot carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// Every log record up to this LSN is reflected in the file.
+    pub lsn: u64,
+    /// The authority feed's last applied sequence.
+    pub feed_seq: u64,
+    pub revocations: Vec<Revocation>,
 }
 
 struct CrcWriter<W: Write> {
@@ -84,6 +99,8 @@ fn write_atomic<'a>(
     count: u64,
     holders: impl Iterator<Item = (HolderId, HolderState)>,
     schedules: impl Iterator<Item = (HolderId, &'a [Step])>,
+    meta: &Meta,
+    before_rename: impl FnOnce() -> Result<(), SnapshotError>,
 ) -> Result<(), SnapshotError> {
     let io = |source| SnapshotError::Io { path: path.to_owned(), source };
     let tmp = path.with_extension("tmp");
@@ -116,12 +133,32 @@ fn write_atomic<'a>(
             w.write_all(&[s.then as u8]).map_err(io)?;
         }
     }
+    w.write_all(&meta.lsn.to_le_bytes()).map_err(io)?;
+    w.write_all(&meta.feed_seq.to_le_bytes()).map_err(io)?;
+    w.write_all(&(meta.revocations.len() as u64).to_le_bytes()).map_err(io)?;
+    for r in &meta.revocations {
+        let mut id = [0u8; 16];
+        let t = match r.target {
+            Target::Holder(h) => {
+                id = h.0;
+                1u8
+            }
+            Target::Serial(s) => {
+                id[..8].copy_from_slice(&s.to_le_bytes());
+                2
+            }
+        };
+        w.write_all(&[t]).map_err(io)?;
+        w.write_all(&id).map_err(io)?;
+        w.write_all(&r.expires.unwrap_or(0).to_le_bytes()).map_err(io)?;
+    }
     let crc = w.crc.clone().finalize();
     let mut inner = w.inner;
     inner.write_all(&crc.to_le_bytes()).map_err(io)?;
     let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
     drop(file);
+    before_rename()?;
     std::fs::rename(&tmp, path).map_err(io)?;
     sync_dir(path).map_err(io)
 }
@@ -136,12 +173,19 @@ pub fn sync_dir(path: &Path) -> std::io::Result<()> {
 /// health record at `at` (so that greens pass until the region's window ends).
 pub fn write_population(path: &Path, pop: &Population, at: UnixSecs) -> Result<(), SnapshotError> {
     let holders = pop.iter().map(|(id, c)| (id, HolderState::new(c, at, Some(at))));
-    write_atomic(path, 1, pop.size, holders, std::iter::empty())
+    write_atomic(path, 1, pop.size, holders, std::iter::empty(), &Meta::default(), || Ok(()))
 }
 
 /// Writes the whole store. Concurrent writers may change entries while it
-/// runs; each holder is written as one consistent entry.
-pub fn write_store(path: &Path, store: &Store) -> Result<(), SnapshotError> {
+/// runs; each holder is written as one consistent entry. `before_rename`
+/// runs once the data is in the temporary file and fsynced: the gateway
+/// waits there until everything the file may contain is durable in the log.
+pub fn write_store(
+    path: &Path,
+    store: &Store,
+    meta: &Meta,
+    before_rename: impl FnOnce() -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
     let mut holders = Vec::with_capacity(store.len());
     let mut schedules = Vec::new();
     store.for_each(|id, st, steps| {
@@ -156,6 +200,8 @@ pub fn write_store(path: &Path, store: &Store) -> Result<(), SnapshotError> {
         holders.len() as u64,
         holders.into_iter(),
         schedules.iter().map(|(id, s)| (*id, s.as_slice())),
+        meta,
+        before_rename,
     )
 }
 
@@ -212,6 +258,23 @@ pub fn load(path: &Path, store: &Store) -> Result<Loaded, SnapshotError> {
         let st = st.ok_or(corrupt("schedule for a holder not in the file"))?;
         store.insert(id, st, steps);
     }
+    let mut meta = Meta::default();
+    let mut n = [0u8; 24];
+    r.read_exact(&mut n).map_err(|_| corrupt("truncated log position"))?;
+    meta.lsn = u64::from_le_bytes(n[..8].try_into().expect("8 bytes"));
+    meta.feed_seq = u64::from_le_bytes(n[8..16].try_into().expect("8 bytes"));
+    for _ in 0..u64::from_le_bytes(n[16..24].try_into().expect("8 bytes")) {
+        let mut e = [0u8; 25];
+        r.read_exact(&mut e).map_err(|_| corrupt("truncated revocation"))?;
+        let id: [u8; 16] = e[1..17].try_into().expect("16 bytes");
+        let target = match e[0] {
+            1 => Target::Holder(HolderId(id)),
+            2 => Target::Serial(u64::from_le_bytes(id[..8].try_into().expect("8 bytes"))),
+            _ => return Err(corrupt("bad revocation target")),
+        };
+        let expires = u64::from_le_bytes(e[17..25].try_into().expect("8 bytes"));
+        meta.revocations.push(Revocation { target, expires: (expires != 0).then_some(expires) });
+    }
     let computed = r.crc.clone().finalize();
     let mut crc = [0u8; 4];
     r.inner.read_exact(&mut crc).map_err(|_| corrupt("missing checksum"))?;
@@ -222,7 +285,7 @@ pub fn load(path: &Path, store: &Store) -> Result<Loaded, SnapshotError> {
         return Err(corrupt("trailing bytes"));
     }
     store.set_epoch(epoch.max(1));
-    Ok(Loaded { epoch, holders: count })
+    Ok(Loaded { epoch, holders: count, meta })
 }
 
 #[cfg(test)]
@@ -256,10 +319,16 @@ mod tests {
         s.insert(h, HolderState::new(Color::Red, 5, None), vec![Step { until: 50, then: Color::Yellow }]);
         s.insert(HolderId([8; 16]), HolderState::new(Color::Green, 5, Some(6)), vec![]);
         s.bump_epoch();
-        write_store(&path, &s).unwrap();
+        let meta = Meta {
+            lsn: 42,
+            feed_seq: 7,
+            revocations: vec![Revocation { target: Target::Serial(5), expires: Some(9) }],
+        };
+        write_store(&path, &s, &meta, || Ok(())).unwrap();
         let back = Store::default();
         let loaded = load(&path, &back).unwrap();
         assert_eq!(loaded.epoch, s.epoch());
+        assert_eq!(loaded.meta, meta);
         back.read(&h, 49, |v| assert_eq!(v.unwrap().steps, &[Step { until: 50, then: Color::Yellow }]));
         back.read(&h, 50, |v| assert_eq!(v.unwrap().color, Color::Yellow));
     }

@@ -1,0 +1,213 @@
+//! Where the log's bytes go: a directory of segment files behind a trait,
+//! so that tests can put a disk that loses, tears and flips bytes under the
+//! real log code.
+//!
+//! The contract mirrors a POSIX file system with a page cache: `append`
+//! makes bytes readable but not durable, `sync` (fdatasync) makes every
+//! appended byte of that file durable, and a crash loses whatever was not
+//! synced. [`FaultyStorage`] implements exactly that in memory, plus the
+//! faults: a crash that tears the last unsynced write, a flipped bit, and
+//! an fsync that fails.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+pub trait Storage: Send + Sync + 'static {
+    /// Names of the files, sorted.
+    fn list(&self) -> io::Result<Vec<String>>;
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// The first `max` bytes (or fewer) of a file.
+    fn read_head(&self, name: &str, max: usize) -> io::Result<Vec<u8>> {
+        let mut b = self.read(name)?;
+        b.truncate(max);
+        Ok(b)
+    }
+    /// Appends to the file, creating it if needed. Not durable until `sync`.
+    fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Makes every byte appended to `name` durable (fdatasync).
+    fn sync(&mut self, name: &str) -> io::Result<()>;
+    /// Cuts the file to `len` bytes, durably.
+    fn truncate(&mut self, name: &str, len: u64) -> io::Result<()>;
+    fn remove(&mut self, name: &str) -> io::Result<()>;
+}
+
+/// Segment files in a directory on the real file system.
+pub struct FsStorage {
+    dir: PathBuf,
+    /// The file being appended to, kept open.
+    open: Option<(String, File)>,
+}
+
+impl FsStorage {
+    pub fn open(dir: &Path) -> io::Result<FsStorage> {
+        std::fs::create_dir_all(dir)?;
+        Ok(FsStorage { dir: dir.to_owned(), open: None })
+    }
+
+    fn file(&mut self, name: &str) -> io::Result<&mut File> {
+        if self.open.as_ref().is_none_or(|(n, _)| n != name) {
+            let existed = self.dir.join(name).exists();
+            let f = OpenOptions::new().create(true).append(true).open(self.dir.join(name))?;
+            if !existed {
+                // A new segment's directory entry must be durable too.
+                File::open(&self.dir)?.sync_all()?;
+            }
+            self.open = Some((name.to_owned(), f));
+        }
+        Ok(&mut self.open.as_mut().expect("just opened").1)
+    }
+}
+
+impl Storage for FsStorage {
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            if let Some(n) = e?.file_name().to_str() {
+                names.push(n.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        std::fs::read(self.dir.join(name))
+    }
+    fn read_head(&self, name: &str, max: usize) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut b = Vec::with_capacity(max.min(1 << 20));
+        File::open(self.dir.join(name))?.take(max as u64).read_to_end(&mut b)?;
+        Ok(b)
+    }
+    fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.file(name)?.write_all(bytes)
+    }
+    fn sync(&mut self, name: &str) -> io::Result<()> {
+        self.file(name)?.sync_data()
+    }
+    fn truncate(&mut self, name: &str, len: u64) -> io::Result<()> {
+        self.open = None;
+        let f = OpenOptions::new().write(true).open(self.dir.join(name))?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+    fn remove(&mut self, name: &str) -> io::Result<()> {
+        if self.open.as_ref().is_some_and(|(n, _)| n == name) {
+            self.open = None;
+        }
+        std::fs::remove_file(self.dir.join(name))?;
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+#[derive(Default, Clone)]
+struct FakeFile {
+    durable: Vec<u8>,
+    pending: Vec<u8>,
+}
+
+/// An in-memory disk with a page cache and faults. Clones share the disk.
+#[derive(Clone, Default)]
+pub struct FaultyStorage {
+    files: std::sync::Arc<Mutex<BTreeMap<String, FakeFile>>>,
+    fail_sync: std::sync::Arc<AtomicBool>,
+}
+
+impl FaultyStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Power loss: unsynced bytes are gone.
+    pub fn crash(&self) {
+        for f in self.files.lock().expect("fake disk").values_mut() {
+            f.pending.clear();
+        }
+    }
+
+    /// Power loss in the middle of a write: the first `keep` unsynced bytes
+    /// of `name` reached the disk, the rest did not.
+    pub fn crash_torn(&self, name: &str, keep: usize) {
+        let mut files = self.files.lock().expect("fake disk");
+        if let Some(f) = files.get_mut(name) {
+            let keep = keep.min(f.pending.len());
+            let kept: Vec<u8> = f.pending[..keep].to_vec();
+            f.durable.extend_from_slice(&kept);
+        }
+        drop(files);
+        self.crash();
+    }
+
+    /// Bit rot in durable bytes.
+    pub fn flip_bit(&self, name: &str, offset: usize, bit: u8) {
+        let mut files = self.files.lock().expect("fake disk");
+        let f = files.get_mut(name).expect("file exists");
+        f.durable[offset] ^= 1 << bit;
+    }
+
+    pub fn fail_syncs(&self, on: bool) {
+        self.fail_sync.store(on, Ordering::SeqCst);
+    }
+
+    pub fn list_names(&self) -> Vec<String> {
+        self.files.lock().expect("fake disk").keys().cloned().collect()
+    }
+
+    /// Appends bytes as a writer would (unsynced), from outside the log.
+    pub fn append_raw(&self, name: &str, bytes: &[u8]) {
+        self.files.lock().expect("fake disk").entry(name.to_owned()).or_default().pending.extend_from_slice(bytes);
+    }
+
+    pub fn durable_len(&self, name: &str) -> usize {
+        self.files.lock().expect("fake disk").get(name).map_or(0, |f| f.durable.len())
+    }
+
+    pub fn pending_len(&self, name: &str) -> usize {
+        self.files.lock().expect("fake disk").get(name).map_or(0, |f| f.pending.len())
+    }
+}
+
+impl Storage for FaultyStorage {
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.files.lock().expect("fake disk").keys().cloned().collect())
+    }
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        let files = self.files.lock().expect("fake disk");
+        let f = files.get(name).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        Ok([f.durable.as_slice(), f.pending.as_slice()].concat())
+    }
+    fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.files.lock().expect("fake disk").entry(name.to_owned()).or_default().pending.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn sync(&mut self, name: &str) -> io::Result<()> {
+        if self.fail_sync.load(Ordering::SeqCst) {
+            // Like Linux after a writeback error: the dirty pages may be
+            // dropped, and the error is reported.
+            if let Some(f) = self.files.lock().expect("fake disk").get_mut(name) {
+                f.pending.clear();
+            }
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        let mut files = self.files.lock().expect("fake disk");
+        let f = files.entry(name.to_owned()).or_default();
+        let p = std::mem::take(&mut f.pending);
+        f.durable.extend_from_slice(&p);
+        Ok(())
+    }
+    fn truncate(&mut self, name: &str, len: u64) -> io::Result<()> {
+        let mut files = self.files.lock().expect("fake disk");
+        let f = files.get_mut(name).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let mut all = [f.durable.as_slice(), f.pending.as_slice()].concat();
+        all.truncate(len as usize);
+        *f = FakeFile { durable: all, pending: Vec::new() };
+        Ok(())
+    }
+    fn remove(&mut self, name: &str) -> io::Result<()> {
+        self.files.lock().expect("fake disk").remove(name);
+        Ok(())
+    }
+}

@@ -1,0 +1,197 @@
+//! Nothing lost: the registration log, recovery, tracing queries, retention
+//! and storage faults, through the gateway's own interfaces.
+
+use healthgate::feed::{Change, Revocation, Target};
+use healthgate::wal::storage::FaultyStorage;
+use healthgate::Color;
+use healthgate_tests::TestGateway;
+use http::StatusCode;
+
+#[tokio::test]
+async fn tracing_queries_answer_what_was_scanned() {
+    let t = TestGateway::start().await;
+    let (a, b) = (t.holder("green", 0), t.holder("green", 1));
+    let t0 = t.now();
+    t.scan(&t.code(a), "wuhan-metro-hankou-1", "in", None).await;
+    t.clock.advance(60);
+    t.scan(&t.code(b), "wuhan-metro-hankou-1", "in", Some(36.6)).await;
+    t.scan(&t.code(a), "wuhan-rail-hankou", "in", Some(38.0)).await;
+    t.clock.advance(60);
+    t.scan(&t.code(a), "wuhan-metro-hankou-1", "out", None).await;
+    t.scan("HG1:GARBAGE", "wuhan-metro-hankou-1", "in", None).await;
+
+    let (s, lines) = t.admin_lines("/v1/admin/visits?checkpoint=wuhan-metro-hankou-1").await;
+    assert_eq!(s, StatusCode::OK);
+    let who: Vec<_> = lines
+        .iter()
+        .map(|v| (v["holder"].as_str().unwrap().to_owned(), v["direction"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(who, vec![(a.to_hex(), "in".into()), (b.to_hex(), "in".into()), (a.to_hex(), "out".into())]);
+    assert!((lines[1]["temperature_c"].as_f64().unwrap() - 36.6).abs() < 1e-4);
+    assert_eq!(lines[0]["decision"], "pass");
+
+    // Where did `a` go? Three passages, the fever among them.
+    let (_, lines) = t.admin_lines(&format!("/v1/admin/holders/{a}/visits")).await;
+    let places: Vec<_> =
+        lines.iter().map(|v| (v["checkpoint"].as_str().unwrap(), v["reason"].as_str().unwrap())).collect();
+    assert_eq!(
+        places,
+        vec![("wuhan-metro-hankou-1", "ok"), ("wuhan-rail-hankou", "fever"), ("wuhan-metro-hankou-1", "not_green")]
+    );
+
+    // Time bounds are [from, to).
+    let from = healthgate::clock::format_rfc3339(t0 + 60);
+    let to = healthgate::clock::format_rfc3339(t0 + 120);
+    let (_, lines) = t.admin_lines(&format!("/v1/admin/holders/{a}/visits?from={from}&to={to}")).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    // Offsets with '+' work raw or percent-encoded.
+    let (s, _) = t.admin_lines("/v1/admin/visits?checkpoint=wuhan-rail-hankou&from=2020-01-01T08:00:00+08:00").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = t.admin_lines("/v1/admin/visits?checkpoint=wuhan-rail-hankou&from=2020-01-01T08:00:00%2B08:00").await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Refusals.
+    assert_eq!(t.admin_lines("/v1/admin/visits").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(t.admin_lines("/v1/admin/visits?checkpoint=x&from=yesterday").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(t.admin_lines("/v1/admin/holders/zz/visits").await.0, StatusCode::BAD_REQUEST);
+    let op = t.key(healthgate::auth::Role::Operator).to_owned();
+    assert_eq!(
+        t.get(&t.env.admin_url.clone(), "/v1/admin/visits?checkpoint=x", Some(&op)).await.0,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn retention_purges_exactly_what_is_older_than_the_horizon() {
+    let t =
+        TestGateway::start_with(Box::new(|c| format!("{c}\n[log]\nretention_days = 28\npurge_interval_s = 1\n"))).await;
+    let (old, new) = (t.holder("green", 0), t.holder("green", 1));
+    let cp = "wuhan-metro-wuchang-1";
+    t.scan(&t.code(old), cp, "out", None).await;
+    t.clock.advance(28 * 86_400);
+    t.scan(&t.code(new), cp, "out", None).await;
+    // One second past 28 days for the first, exactly 28 days for none.
+    t.clock.advance(1);
+    let mut purged = 0;
+    for _ in 0..100 {
+        let m = t.metrics().await;
+        purged = m
+            .lines()
+            .find_map(|l| l.strip_prefix("healthgate_retention_purged_visits_total "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+        if purged > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(purged, 1, "the purge task removed the one old visit");
+    let (_, lines) = t.admin_lines(&format!("/v1/admin/visits?checkpoint={cp}")).await;
+    let who: Vec<_> = lines.iter().map(|v| v["holder"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(who, vec![new.to_hex()]);
+}
+
+/// Everything the gateway acknowledged comes back after a restart, both
+/// from a snapshot plus the log after it and from the log alone.
+#[tokio::test]
+async fn state_survives_restarts_from_snapshot_and_from_log() {
+    for from_log in [false, true] {
+        let t = TestGateway::start().await;
+        let (fevered, updated, revoked, checked) =
+            (t.holder("green", 0), t.holder("green", 1), t.holder("green", 2), t.holder("green_no_record", 0));
+        let newcomer = t.env.population.stranger(5);
+        t.scan(&t.code(fevered), "wuhan-rail-hankou", "in", Some(38.5)).await;
+        let inside = t.holder("green", 3);
+        t.scan(&t.code(inside), "wuhan-metro-hankou-1", "in", None).await;
+        assert_eq!(
+            t.push(3, vec![Change { holder: updated, color: Color::Red, steps: vec![] }]).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            t.push(4, vec![Change { holder: newcomer, color: Color::Green, steps: vec![] }]).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            t.revoke(5, vec![Revocation { target: Target::Holder(revoked), expires: None }]).await.0,
+            StatusCode::OK
+        );
+        let body = serde_json::json!({ "code": t.code(checked), "temperature_c": 36.4 }).to_string().into_bytes();
+        assert_eq!(
+            t.request(http::Method::POST, &t.env.public_url.clone(), "/v1/checkins", None, Some(body)).await.0,
+            StatusCode::OK
+        );
+
+        let t = if from_log { t.restart_from_log().await } else { t.restart().await };
+
+        assert_eq!(t.color_of(fevered).await, "yellow", "fever quarantine (from_log: {from_log})");
+        assert_eq!(t.color_of(updated).await, "red");
+        assert_eq!(t.color_of(newcomer).await, "green");
+        assert_eq!(t.scan(&t.code(revoked), "wuhan-metro-wuchang-1", "out", None).await.reason, "revoked");
+        assert_eq!(t.scan(&t.code(checked), "wuhan-metro-wuchang-1", "out", None).await.short(), "pass/ok/green");
+        assert_eq!(t.scan(&t.code(inside), "wuhan-metro-hankou-2", "in", None).await.reason, "anti_passback");
+        // The feed's sequence survived: 5 is taken.
+        assert_eq!(
+            t.push(5, vec![Change { holder: updated, color: Color::Green, steps: vec![] }]).await.0,
+            StatusCode::CONFLICT
+        );
+        // A second check-in today is still refused.
+        let body = serde_json::json!({ "code": t.code(checked), "temperature_c": 36.4 }).to_string().into_bytes();
+        assert_eq!(
+            t.request(http::Method::POST, &t.env.public_url.clone(), "/v1/checkins", None, Some(body)).await.0,
+            StatusCode::CONFLICT
+        );
+        // And every registration is there exactly once.
+        let (_, lines) = t.admin_lines(&format!("/v1/admin/holders/{fevered}/visits")).await;
+        assert_eq!(lines.len(), 1, "{lines:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_fsync_failure_stops_acknowledgements_and_loses_nothing_acknowledged() {
+    let disk = FaultyStorage::new();
+    let t = TestGateway::start_with_storage(Box::new(|c| c), disk.clone()).await;
+    let cp = "wuhan-metro-wuchang-1";
+    let greens = t.greens(7);
+    let acked: Vec<_> = greens[..5].to_vec();
+    for h in &acked {
+        assert_eq!(t.scan(&t.code(*h), cp, "in", None).await.decision, "pass");
+    }
+    disk.fail_syncs(true);
+    let late = greens[6];
+    let body = serde_json::json!({ "code": t.code(late), "checkpoint": cp });
+    let (s, v) = t.scan_json(body.clone()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    // Unready, and no later scan is acknowledged either.
+    assert_eq!(t.get(&t.env.admin_url.clone(), "/readyz", None).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(t.scan_json(body).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    let m = t.metrics().await;
+    assert!(m.contains("healthgate_ready 0"), "the ready gauge follows");
+    // Power loss; the disk works again after the repair.
+    disk.fail_syncs(false);
+    let t = t.crash_and_restart().await;
+    for h in &acked {
+        let (_, lines) = t.admin_lines(&format!("/v1/admin/holders/{h}/visits")).await;
+        assert_eq!(lines.len(), 1, "acknowledged scan of {h} lost or doubled: {lines:?}");
+    }
+    let (_, lines) = t.admin_lines(&format!("/v1/admin/holders/{late}/visits")).await;
+    assert!(lines.is_empty(), "the unacknowledged scan is not in the log: {lines:?}");
+}
+
+#[tokio::test]
+async fn a_torn_write_at_the_end_is_cut_and_the_gateway_starts() {
+    let disk = FaultyStorage::new();
+    let t = TestGateway::start_with_storage(Box::new(|c| c), disk.clone()).await;
+    let h = t.holder("green", 0);
+    assert_eq!(t.scan(&t.code(h), "wuhan-metro-wuchang-1", "in", None).await.decision, "pass");
+    // A record whose write was torn by the power cut: half of it reached the disk.
+    let name = disk.list_names().last().cloned().expect("a segment");
+    let durable = disk.durable_len(&name);
+    disk.append_raw(&name, &[0x40, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]);
+    disk.crash_torn(&name, 11);
+    assert_eq!(disk.durable_len(&name), durable + 11);
+    let t = t.crash_and_restart().await;
+    assert_eq!(disk.durable_len(&name), durable, "the torn bytes were cut off");
+    let (_, lines) = t.admin_lines(&format!("/v1/admin/holders/{h}/visits")).await;
+    assert_eq!(lines.len(), 1);
+}
