@@ -5,5 +5,6 @@ mod authority;
 mod cli;
 mod durability;
 mod errors;
+mod killloop;
 mod rules;
 mod server;
