@@ -118,7 +118,7 @@ fn kill_nine_never_loses_an_acknowledgement() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    if n % 4 == 0 {
+                    if n.is_multiple_of(4) {
                         let seq = {
                             let mut s = next_seq.lock().unwrap();
                             *s += 1;
