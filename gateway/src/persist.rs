@@ -379,6 +379,12 @@ impl Gateway {
                 tracing::warn!(error = %e, "final snapshot failed; the log has everything");
             }
         }
+        self.stop_log_without_snapshot();
+    }
+
+    /// Closes the log and the index without writing a snapshot (as a crash
+    /// would leave them, less the lost page cache): benchmarks of recovery.
+    pub fn stop_log_without_snapshot(&self) {
         if let Some(w) = self.wal.get() {
             w.close();
         }
