@@ -454,7 +454,10 @@ async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>)
         ),
     };
     let index = gw.visit_index().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "tracing needs the registration log (log.mode is off)")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tracing index unavailable (log.mode is off, or the index failed: restart to rebuild it from the log)",
+        )
     })?;
     // Read your writes: everything acknowledged before the query is in it.
     gw.index_caught_up().await;

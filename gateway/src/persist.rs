@@ -25,7 +25,7 @@ use crate::wal::record::{Body, Record, StateEffect};
 use crate::wal::storage::{FsStorage, Storage};
 use crate::wal::{self, Observer, RecoveryError, Wal};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +62,9 @@ pub struct Durability {
     /// Emptied at shutdown so that the database is closed with the gateway.
     index: std::sync::Mutex<Option<Arc<VisitIndex>>>,
     indexer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The indexer hit an error and stopped; queries answer 503 until a
+    /// restart re-indexes from the log.
+    pub index_failed: Arc<AtomicBool>,
     /// Highest LSN whose visit is in the index.
     pub indexed: Arc<AtomicU64>,
     /// LSN named by the last snapshot written (segments up to it are no
@@ -115,7 +118,12 @@ impl Observer for Feeder {
     }
 }
 
-fn index_loop(index: Arc<VisitIndex>, indexed: Arc<AtomicU64>, rx: Receiver<(u64, Vec<Visit>)>) {
+fn index_loop(
+    index: Arc<VisitIndex>,
+    indexed: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
+    rx: Receiver<(u64, Vec<Visit>)>,
+) {
     while let Ok((mut last, mut batch)) = rx.recv() {
         while let Ok((l, more)) = rx.try_recv() {
             last = l;
@@ -124,14 +132,17 @@ fn index_loop(index: Arc<VisitIndex>, indexed: Arc<AtomicU64>, rx: Receiver<(u64
                 break;
             }
         }
-        match index.insert(&batch) {
-            Ok(()) => indexed.store(last, Ordering::Release),
-            // The log is the source of truth: the next start re-indexes
-            // from the index's high-water mark.
-            Err(e) => {
-                tracing::error!(error = %e, "tracing index insert failed; it will catch up from the log at the next start")
-            }
+        if let Err(e) = index.insert(&batch) {
+            // Stop inserting: a later successful batch would move the
+            // high-water mark past this one and its visits would never be
+            // indexed. The log keeps them; the next start re-indexes from the
+            // index's high-water mark. Keep draining so the log never waits.
+            tracing::error!(error = %e, "tracing index insert failed; indexing stops until the next start, which catches up from the log");
+            failed.store(true, Ordering::Release);
+            while rx.recv().is_ok() {}
+            return;
         }
+        indexed.store(last, Ordering::Release);
     }
 }
 
@@ -198,19 +209,22 @@ impl Gateway {
                     visits.push(v);
                     if visits.len() >= 50_000 {
                         report.indexed += visits.len() as u64;
-                        if let Err(e) = index.insert(&visits) {
-                            index_err.get_or_insert(e);
+                        // After a failure insert nothing more (see index_loop).
+                        if index_err.is_none() {
+                            if let Err(e) = index.insert(&visits) {
+                                index_err = Some(e);
+                            }
                         }
                         visits.clear();
                     }
                 }
             }
         })?;
-        report.indexed += visits.len() as u64;
-        index.insert(&visits)?;
         if let Some(e) = index_err {
             return Err(e.into());
         }
+        report.indexed += visits.len() as u64;
+        index.insert(&visits)?;
         report.truncated_bytes = recovered.truncated_bytes;
         if recovered.next_lsn <= meta.lsn {
             // The snapshot is ahead of the log (the log was removed): go on
@@ -220,11 +234,12 @@ impl Gateway {
         }
         let indexed = Arc::new(AtomicU64::new(recovered.next_lsn - 1));
         let (tx, rx) = std::sync::mpsc::sync_channel(4096);
+        let index_failed = Arc::new(AtomicBool::new(false));
         let indexer = {
-            let (index, indexed) = (index.clone(), indexed.clone());
+            let (index, indexed, failed) = (index.clone(), indexed.clone(), index_failed.clone());
             std::thread::Builder::new()
                 .name("healthgate-index".into())
-                .spawn(move || index_loop(index, indexed, rx))
+                .spawn(move || index_loop(index, indexed, failed, rx))
                 .map_err(io(&log.dir))?
         };
         let m = self.metrics();
@@ -240,6 +255,7 @@ impl Gateway {
         let _ = self.durability.set(Durability {
             settings: log.clone(),
             index: std::sync::Mutex::new(Some(index)),
+            index_failed,
             indexer: std::sync::Mutex::new(Some(indexer)),
             indexed,
             snapshot_lsn: AtomicU64::new(meta.lsn),
@@ -331,7 +347,9 @@ impl Gateway {
             .into_iter()
             .filter_map(|n| Some((n.strip_suffix(".log")?.parse().ok()?, n)))
             .collect();
-        let covered = d.snapshot_lsn.load(Ordering::Acquire);
+        // A segment may go only once both the snapshot and the index's last
+        // durable commit are past it (the index re-reads the log after a crash).
+        let covered = d.snapshot_lsn.load(Ordering::Acquire).min(index.durable_lsn());
         let mut removed = 0;
         for pair in segments.windows(2) {
             let ((_, name), (next_first, next_name)) = (&pair[0], &pair[1]);
@@ -361,15 +379,20 @@ impl Gateway {
         let (Some(wal), Some(d)) = (self.wal.get(), self.durability.get()) else { return };
         let target = wal.durable_lsn();
         for _ in 0..2000 {
-            if d.indexed.load(Ordering::Acquire) >= target {
+            if d.indexed.load(Ordering::Acquire) >= target || d.index_failed.load(Ordering::Acquire) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
+    /// The tracing index, unless logging is off or the indexer failed.
     pub fn visit_index(&self) -> Option<Arc<VisitIndex>> {
-        self.durability.get().and_then(|d| d.index.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        let d = self.durability.get()?;
+        if d.index_failed.load(Ordering::Acquire) {
+            return None;
+        }
+        d.index.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Final snapshot and log close at shutdown.

@@ -277,7 +277,7 @@ impl VisitIndex {
             after = v.lsn;
         }
         let mut txn = self.db.begin_write()?;
-        let added = {
+        let (added, last_lsn) = {
             let mut meta = txn.open_table(META)?;
             let indexed = meta.get(META_INDEXED_LSN)?.map_or(0, |g| g.value());
             let fresh = visits.iter().position(|v| v.lsn > indexed).map_or(&[][..], |i| &visits[i..]);
@@ -300,7 +300,7 @@ impl VisitIndex {
         };
         let durable = {
             let s = self.lock();
-            s.commits + 1 >= DURABLE_EVERY_COMMITS || s.visits + added.0 >= DURABLE_EVERY_VISITS
+            s.commits + 1 >= DURABLE_EVERY_COMMITS || s.visits + added >= DURABLE_EVERY_VISITS
         };
         if durable {
             make_durable(&mut txn);
@@ -310,10 +310,10 @@ impl VisitIndex {
         txn.commit()?;
         let mut s = self.lock();
         if durable {
-            *s = SyncState { durable_lsn: added.1, ..SyncState::default() };
+            *s = SyncState { durable_lsn: last_lsn, ..SyncState::default() };
         } else {
             s.commits += 1;
-            s.visits += added.0;
+            s.visits += added;
         }
         Ok(())
     }

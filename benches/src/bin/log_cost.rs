@@ -2,7 +2,9 @@
 //! strict (answer after fsync, group commit) and async, side by side in one
 //! run, in-process (no HTTP, so the log's share is not diluted by it).
 //!
-//! `cargo run --release -p healthgate-benches --bin log_cost -- [SECONDS] [CONCURRENCY]`
+//! `cargo run --release -p healthgate-benches --bin log_cost -- [SECONDS] [CONCURRENCY] [MODES]`
+//!
+//! MODES is a comma-separated subset of `off,strict,async` (default all).
 //!
 //! Each mode gets a fresh demo gateway on a temporary directory; the same
 //! pre-signed codes are scanned by CONCURRENCY tasks on a two-thread runtime
@@ -24,7 +26,8 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut base = None;
     println!("{concurrency} concurrent scanners, {seconds} s per mode, 2 runtime threads");
-    for mode in ["off", "strict", "async"] {
+    let modes = std::env::args().nth(3).unwrap_or_else(|| "off,strict,async".into());
+    for mode in modes.split(',') {
         let rate = rt.block_on(run(mode, seconds, concurrency))?;
         let ratio = rate.0 / *base.get_or_insert(rate.0);
         println!("{mode:<7} {:>9.0} scans/s   {:>5.3} × off   {}", rate.0, ratio, rate.1);
