@@ -1,0 +1,133 @@
+//! Where the load goes: a demo's `env.json` (written by `healthgate demo`)
+//! or explicit settings for a real deployment, and the HTTP endpoint a URL
+//! names.
+
+use ed25519_dalek::SigningKey;
+use healthgate::keys::{read_secret, KeyFileError};
+use healthgate::population::Population;
+use healthgate::token::KeyId;
+use hyper::header::HeaderValue;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TargetError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a healthgate env.json: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error("bad URL {0:?}: {1}")]
+    Url(String, String),
+}
+
+/// The parts of `env.json` the load generator uses; the rest is ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Env {
+    pub public_url: String,
+    pub admin_url: String,
+    pub api_keys: ApiKeys,
+    /// Paths are relative to the env.json's folder unless absolute.
+    pub issuer_key: PathBuf,
+    #[serde(default)]
+    pub untrusted_key: Option<PathBuf>,
+    /// Checkpoint ids by class (`metro`, `rail`, ...).
+    #[serde(default)]
+    pub checkpoints: BTreeMap<String, Vec<String>>,
+    pub population: Population,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiKeys {
+    /// For `POST /v1/scan`.
+    pub turnstile: String,
+    /// For `GET /v1/holders/{id}`.
+    pub inspector: String,
+}
+
+impl Env {
+    pub fn load(path: &Path) -> Result<Env, TargetError> {
+        let bytes = std::fs::read(path).map_err(|source| TargetError::Io { path: path.to_owned(), source })?;
+        let mut env: Env =
+            serde_json::from_slice(&bytes).map_err(|source| TargetError::Json { path: path.to_owned(), source })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        env.issuer_key = dir.join(&env.issuer_key);
+        env.untrusted_key = env.untrusted_key.map(|k| dir.join(k));
+        Ok(env)
+    }
+}
+
+pub fn load_key(path: &Path) -> Result<(KeyId, SigningKey), TargetError> {
+    Ok(read_secret(path)?)
+}
+
+/// An HTTP/1.1 origin: where to connect and what to put in `Host`.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub host: HeaderValue,
+    /// Prefix of every path, without a trailing slash (usually empty).
+    pub base_path: String,
+}
+
+impl Endpoint {
+    /// Parses `http://host[:port][/prefix]` and resolves the host once.
+    pub fn parse(url: &str) -> Result<Endpoint, TargetError> {
+        let err = |why: &str| TargetError::Url(url.to_owned(), why.to_owned());
+        let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| err(&e.to_string()))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(err("only http:// is supported (put TLS in front of the gateway, not in the load path)"));
+        }
+        let authority = uri.authority().ok_or_else(|| err("no host"))?;
+        let port = authority.port_u16().unwrap_or(80);
+        let addr = (authority.host(), port)
+            .to_socket_addrs()
+            .map_err(|e| err(&e.to_string()))?
+            .next()
+            .ok_or_else(|| err("host resolves to no address"))?;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| err(&e.to_string()))?;
+        Ok(Endpoint { addr, host, base_path: uri.path().trim_end_matches('/').to_owned() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_paths_are_relative_to_the_file() {
+        let dir = std::env::temp_dir().join(format!("hg-loadgen-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("env.json");
+        std::fs::write(
+            &path,
+            r#"{"public_url":"http://127.0.0.1:8080","admin_url":"http://127.0.0.1:9090",
+               "api_keys":{"turnstile":"t","inspector":"i","authority":"a","operator":"o"},
+               "issuer_key":"keys/issuer.key","untrusted_key":"/abs/u.key","trust":"trust.toml",
+               "checkpoints":{"metro":["m1","m2"],"rail":[]},"holders":{"green":["00"]},
+               "population":{"seed":1,"size":100000,"mix":{"green":0.95,"yellow":0.03,"red":0.01,"pending":0.01}}}"#,
+        )
+        .unwrap();
+        let env = Env::load(&path).unwrap();
+        assert_eq!(env.issuer_key, dir.join("keys/issuer.key"));
+        assert_eq!(env.untrusted_key.unwrap(), PathBuf::from("/abs/u.key"));
+        assert_eq!(env.checkpoints["metro"], ["m1", "m2"]);
+        assert_eq!(env.population.size, 100_000);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn endpoints() {
+        let e = Endpoint::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(e.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(e.host, "127.0.0.1:8080");
+        assert_eq!(e.base_path, "");
+        assert_eq!(Endpoint::parse("http://127.0.0.1:81/gw/").unwrap().base_path, "/gw");
+        assert!(Endpoint::parse("https://127.0.0.1").is_err());
+        assert!(Endpoint::parse("nonsense").is_err());
+    }
+}

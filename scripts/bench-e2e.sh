@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# End-to-end benchmark on this machine: the gateway against its ceilings.
+#
+#   (a) bare_http    fixed answer, no work: the HTTP ceiling (sent the GETs of c)
+#   (b) bare_verify  one strict Ed25519 verification per scan: the verification
+#                    ceiling (sent green scans)
+#   (c) gateway      GET /v1/holders/{id} (inspector key)
+#   (d) gateway      POST /v1/scan, default case mix, every answer checked
+#   (a)-(d) are step ramps; each reports the highest step whose p99 stays
+#   under SLO (and no errors), with the latency at that step.
+#   (e) gateway      the morning-peak commuter profile, scaled x SCALE and
+#                    compressed to DURATION seconds, every answer checked
+#   (f) wrk and healthgate-loadgen against bare_http: requests per CPU-second
+#
+# Every run lasts DURATION seconds (plus the drain of what is in flight).
+# Prints a table, the ratios (c)/(a) and (d)/(b), and keeps the loadgen's
+# JSON summaries in the work folder it names. Exits 1 if (d) or (e) found a
+# wrong answer or (e) had errors.
+#
+# Settings (environment): DURATION=10 CONNECTIONS=64 THREADS=<CPUs> STEPS=12
+# RAMP_FROM=1000 RAMP_TO=64000 SLO=5ms SCALE=10 SIZE=100000 SIGN_AHEAD=2000000
+# KEEP=1 (keep the work folder).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-$(nproc)}
+STEPS=${STEPS:-12}
+RAMP_FROM=${RAMP_FROM:-1000}
+RAMP_TO=${RAMP_TO:-64000}
+SLO=${SLO:-5ms}
+SCALE=${SCALE:-10}
+SIZE=${SIZE:-100000}
+# The morning-peak profile lasts 9000 s of real time.
+PROFILE_SECS=9000
+# A ramp's top steps overload the target on purpose; a small backlog cap
+# keeps the drain after them short (the excess counts as overflow errors).
+RAMP_BACKLOG=20000
+# Runs that sign tokens sign them all before the clock starts (up to this
+# many, ~350 bytes each), so that signing does not compete with the target
+# for the same CPUs during the measurement.
+SIGN_AHEAD=${SIGN_AHEAD:-2000000}
+
+need=()
+for tool in wrk jq curl; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
+[ -x /usr/bin/time ] || need+=(time)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+cargo build --release -p healthgate -p healthgate-loadgen -p healthgate-benches
+BIN=${CARGO_TARGET_DIR:-target}/release
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/healthgate-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "${KEEP:-0}" = 1 ]; then echo "results kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+# Starts a server that prints "listening on URL"; sets URL.
+start_bare() {
+  local name=$1
+  shift
+  "$BIN/$name" --addr 127.0.0.1:0 "$@" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    URL=$(grep -o 'http://[0-9.:]*' "$WORK/$name.log" || true)
+    [ -n "$URL" ] && return
+    sleep 0.1
+  done
+  echo "$name did not start:" >&2
+  cat "$WORK/$name.log" >&2
+  exit 1
+}
+
+echo "starting the demo gateway (population $SIZE)" >&2
+"$BIN/healthgate" demo --dir "$WORK/demo" --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 >"$WORK/demo.log" 2>&1 &
+DEMO=$!
+PIDS+=($DEMO)
+ENV=$WORK/demo/env.json
+for _ in $(seq 600); do
+  [ -f "$ENV" ] && break
+  kill -0 "$DEMO" 2>/dev/null || { cat "$WORK/demo.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -f "$ENV" ] || { echo "no $ENV after 60 s" >&2; cat "$WORK/demo.log" >&2; exit 1; }
+ADMIN=$(jq -r .admin_url "$ENV")
+until [ "$(curl -s -o /dev/null -w '%{http_code}' "$ADMIN/readyz")" = 200 ]; do
+  kill -0 "$DEMO" 2>/dev/null || { cat "$WORK/demo.log" >&2; exit 1; }
+  sleep 0.1
+done
+echo "gateway ready: $(jq -r .public_url "$ENV")" >&2
+
+start_bare bare_http
+BARE_HTTP=$URL
+start_bare bare_verify --key "$(jq -r .issuer_key "$ENV")"
+BARE_VERIFY=$URL
+
+FACTOR=$(awk -v a="$RAMP_FROM" -v b="$RAMP_TO" -v n="$STEPS" 'BEGIN { printf "%.4f", (n > 1) ? exp(log(b / a) / (n - 1)) : 2 }')
+STEP_SECS=$(awk -v d="$DURATION" -v n="$STEPS" 'BEGIN { printf "%.3f", d / n }')
+COMPRESS=$(awk -v p="$PROFILE_SECS" -v d="$DURATION" 'BEGIN { printf "%.3f", p / d }')
+RAMP=(--ramp "$RAMP_FROM..$RAMP_TO" --step "x$FACTOR" --step-duration "${STEP_SECS}s" --slo-p99 "$SLO"
+  --max-backlog "$RAMP_BACKLOG")
+
+# loadgen NAME ARGS...: one run, JSON summary in $WORK/NAME.json, exit code in $WORK/NAME.rc.
+loadgen() {
+  local name=$1
+  shift
+  echo "run $name: healthgate-loadgen $*" >&2
+  local rc=0
+  "$BIN/healthgate-loadgen" --env "$ENV" --connections "$CONNECTIONS" --threads "$THREADS" --json -q "$@" \
+    >"$WORK/$name.json" 2>"$WORK/$name.log" || rc=$?
+  echo "$rc" >"$WORK/$name.rc"
+  if [ ! -s "$WORK/$name.json" ]; then
+    echo "run $name failed (exit $rc):" >&2
+    cat "$WORK/$name.log" >&2
+    exit 1
+  fi
+}
+
+# (a) and (c) send the same GETs; (b) and (d) the same signed scans.
+loadgen a-bare-http --url "$BARE_HTTP" --target lookup --no-check "${RAMP[@]}"
+loadgen b-bare-verify --url "$BARE_VERIFY" --no-check --mix-cases green=1 --sign-ahead "$SIGN_AHEAD" "${RAMP[@]}"
+loadgen c-gateway-lookup --target lookup "${RAMP[@]}"
+# (e) before (d): the ramp's overloaded top steps lose requests, and a lost
+# `out` would leave its holder inside for the next run's anti-passback.
+loadgen e-morning-peak --profile morning-peak --scale "$SCALE" --compress "$COMPRESS" --case-seed 5 \
+  --sign-ahead "$SIGN_AHEAD"
+loadgen d-gateway-scan --case-seed 4 --sign-ahead "$SIGN_AHEAD" "${RAMP[@]}"
+
+# (f) the same connection count and threads for wrk and the loadgen; CPU
+# (user + system) measured the same way for both.
+echo "run f-wrk: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s $BARE_HTTP/v1/scan" >&2
+/usr/bin/time -f "%U %S" -o "$WORK/f-wrk.time" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" "$BARE_HTTP/v1/scan" \
+  >"$WORK/f-wrk.out"
+WRK_REQS=$(awk '/requests in/ { print $1 }' "$WORK/f-wrk.out")
+WRK_RPS=$(awk '/Requests\/sec/ { printf "%.0f", $2 }' "$WORK/f-wrk.out")
+# Signing a fresh token costs ~20 µs on the producer thread: the POST run
+# asks at most SIGN_RATE so that signing keeps up (its cost is reported).
+SIGN_RATE=$((WRK_RPS < 20000 ? WRK_RPS : 20000))
+timed_loadgen() {
+  local name=$1 rate=$2
+  shift 2
+  /usr/bin/time -f "%U %S" -o "$WORK/$name.time" "$BIN/healthgate-loadgen" --env "$ENV" --url "$BARE_HTTP" --no-check \
+    --connections "$CONNECTIONS" --threads "$THREADS" --rate "$rate" --duration "${DURATION}s" \
+    --max-backlog "$RAMP_BACKLOG" --max-errors 1000000000 --json -q "$@" >"$WORK/$name.json" 2>"$WORK/$name.log"
+}
+echo "run f-loadgen: healthgate-loadgen GET at wrk's $WRK_RPS/s, POST /v1/scan at $SIGN_RATE/s" >&2
+timed_loadgen f-loadgen-get "$WRK_RPS" --target lookup
+timed_loadgen f-loadgen-scan "$SIGN_RATE" --mix-cases green=1
+
+cpu() { awk '{ printf "%.2f", $1 + $2 }' "$WORK/$1.time"; }
+per_cpu() { awk -v n="$1" -v c="$2" 'BEGIN { if (c > 0) printf "%.0f", n / c; else printf "n/a" }'; }
+ms() { awk -v u="$1" 'BEGIN { printf "%.2fms", u / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+
+# Highest rate within the SLO, peak achieved, percentiles at that rate (at
+# the first step when even that one broke the SLO).
+ramp_row() {
+  local label=$1 f=$WORK/$2.json
+  read -r max peak p50 p99 p999 errors mism < <(jq -r '[(.slo.max_rate // 0), .slo.peak_achieved_rate,
+    ((.slo.latency_at_max // .phases[0].latency_us) | .p50_us, .p99_us, .p999_us),
+    .errors.total, .mismatches] | @tsv' "$f")
+  [ "$max" = 0 ] && max="<$RAMP_FROM" || max=$(printf %.0f "$max")
+  printf "%-34s %10s %10.0f %10s %10s %10s %8s %10s\n" "$label" "$max" "$peak" "$(ms "$p50")" "$(ms "$p99")" \
+    "$(ms "$p999")" "$errors" "$mism"
+}
+max_rate() { jq -r '.slo.max_rate // 0' "$WORK/$1.json"; }
+peak_rate() { jq -r '.slo.peak_achieved_rate' "$WORK/$1.json"; }
+# Ratio of the max rates within the SLO; a bound when the numerator broke it
+# at the first step.
+slo_ratio() {
+  local a b
+  a=$(max_rate "$1")
+  b=$(max_rate "$2")
+  if [ "$a" = 0 ]; then echo "< $(ratio "$RAMP_FROM" "$b")"; else ratio "$a" "$b"; fi
+}
+
+echo
+echo "== healthgate end-to-end benchmark: $(nproc) CPUs, ${DURATION} s per run, $CONNECTIONS connections," \
+  "$THREADS loadgen threads"
+echo "ramps: $RAMP_FROM..$RAMP_TO/s in $STEPS steps of ${STEP_SECS} s (x$FACTOR); SLO p99 < $SLO;" \
+  "percentiles at the highest step within it (or the first)"
+printf "%-34s %10s %10s %10s %10s %10s %8s %10s\n" run "max/s SLO" "peak/s" p50 p99 p99.9 errors mismatches
+ramp_row "(a) bare_http" a-bare-http
+ramp_row "(b) bare_verify" b-bare-verify
+ramp_row "(c) gateway GET /v1/holders/{id}" c-gateway-lookup
+ramp_row "(d) gateway POST /v1/scan" d-gateway-scan
+echo "ratios (max rate within the SLO): (c)/(a) = $(slo_ratio c-gateway-lookup a-bare-http)," \
+  "(d)/(b) = $(slo_ratio d-gateway-scan b-bare-verify)"
+echo "ratios (peak achieved):           (c)/(a) = $(ratio "$(peak_rate c-gateway-lookup)" "$(peak_rate a-bare-http)")," \
+  "(d)/(b) = $(ratio "$(peak_rate d-gateway-scan)" "$(peak_rate b-bare-verify)")"
+
+E=$WORK/e-morning-peak.json
+read -r e_asked e_achieved e_p50 e_p99 e_p999 e_max e_errors e_mism e_unv e_ok < <(jq -r '[.asked_rate,
+  .achieved_rate, .latency_us.p50_us, .latency_us.p99_us, .latency_us.p999_us, .latency_us.max_us, .errors.total,
+  .mismatches, .unverifiable, .ok] | @tsv' "$E")
+echo
+echo "(e) morning-peak x$SCALE compressed x$COMPRESS: $(jq -r .scheduled "$E") scans, asked $(printf %.0f "$e_asked")/s" \
+  "on average, achieved $(printf %.0f "$e_achieved")/s"
+printf "    p50 %s  p99 %s  p99.9 %s  max %s  errors %s  mismatches %s (unverifiable %s): %s\n" "$(ms "$e_p50")" \
+  "$(ms "$e_p99")" "$(ms "$e_p999")" "$(ms "$e_max")" "$e_errors" "$e_mism" "$e_unv" \
+  "$([ "$e_ok" = true ] && echo PASS || echo FAIL)"
+jq -r '.phases[] | "    \(.name): asked \(.asked_rate | round)/s, achieved \(.achieved_rate | round)/s, p99 \(.latency_us.p99_us / 1000)ms"' "$E"
+
+WRK_CPU=$(cpu f-wrk)
+GET_CPU=$(cpu f-loadgen-get)
+SCAN_CPU=$(cpu f-loadgen-scan)
+GET_N=$(jq -r .answered "$WORK/f-loadgen-get.json")
+SCAN_N=$(jq -r .answered "$WORK/f-loadgen-scan.json")
+echo
+echo "(f) requests per CPU-second against bare_http ($CONNECTIONS connections, $THREADS threads, ${DURATION} s):"
+printf "    %-38s %9s answers %8.0f/s  %6s CPU-s  %8s per CPU-s\n" "wrk (closed loop, GET)" "$WRK_REQS" "$WRK_RPS" \
+  "$WRK_CPU" "$(per_cpu "$WRK_REQS" "$WRK_CPU")"
+printf "    %-38s %9s answers %8.0f/s  %6s CPU-s  %8s per CPU-s\n" "loadgen (open loop at wrk's rate, GET)" "$GET_N" \
+  "$(jq -r .achieved_rate "$WORK/f-loadgen-get.json")" "$GET_CPU" "$(per_cpu "$GET_N" "$GET_CPU")"
+SIGN_CPU=$(jq -r '.client.producer_cpu_s' "$WORK/f-loadgen-scan.json")
+printf "    %-38s %9s answers %8.0f/s  %6s CPU-s  %8s per CPU-s, %s without signing\n" \
+  "loadgen (POST /v1/scan at $SIGN_RATE/s)" "$SCAN_N" "$(jq -r .achieved_rate "$WORK/f-loadgen-scan.json")" "$SCAN_CPU" \
+  "$(per_cpu "$SCAN_N" "$SCAN_CPU")" "$(per_cpu "$SCAN_N" "$(awk -v a="$SCAN_CPU" -v b="$SIGN_CPU" 'BEGIN { print a - b }')")"
+
+D_MISM=$(jq -r .mismatches "$WORK/d-gateway-scan.json")
+if [ "$e_ok" != true ] || [ "$D_MISM" != 0 ]; then
+  echo "FAILED: wrong answers or errors under load (see $WORK/{d-gateway-scan,e-morning-peak}.log)" >&2
+  KEEP=1
+  exit 1
+fi
