@@ -377,3 +377,34 @@ fn http(addr: &str, method: &str, path: &str, key: &str, body: &str) -> String {
     let _ = s.read_to_string(&mut out);
     out
 }
+
+/// A short commuter-peak run of the load generator against the demo, every
+/// answer checked: it fails on any wrong decision, never on speed.
+#[test]
+fn commuter_profile_correctness_run() {
+    let d = Demo::start();
+    let loadgen = healthgate_bin().with_file_name("healthgate-loadgen");
+    assert!(loadgen.exists(), "{} is missing: build the workspace's binaries first", loadgen.display());
+    let env_json = d.env.config.with_file_name("env.json");
+    let o = Command::new(loadgen)
+        .args([
+            "--env",
+            env_json.to_str().unwrap(),
+            "--profile",
+            "morning-peak",
+            "--compress",
+            "1800",
+            "--scale",
+            "0.1",
+        ])
+        .args(["--connections", "8", "--threads", "1", "--sign-ahead", "2000", "--json", "--quiet"])
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("loadgen printed no JSON summary ({e}): {}", String::from_utf8_lossy(&o.stderr)));
+    assert!(o.status.success(), "loadgen failed: {}\n{summary}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(summary["mismatches"], 0, "{summary}");
+    assert_eq!(summary["checked"], true, "{summary}");
+    assert!(summary["answered"].as_u64().unwrap() >= 200, "too short a run to prove anything: {summary}");
+    assert!(summary["deny"].as_u64().unwrap() > 0, "the mix of cases reached no refusal: {summary}");
+}
