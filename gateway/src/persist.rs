@@ -239,7 +239,11 @@ impl Gateway {
             let (index, indexed, failed) = (index.clone(), indexed.clone(), index_failed.clone());
             std::thread::Builder::new()
                 .name("healthgate-index".into())
-                .spawn(move || index_loop(index, indexed, failed, rx))
+                .spawn(move || {
+                    // Off the acknowledgement path: yield the CPU to scans.
+                    wal::set_thread_nice(10);
+                    index_loop(index, indexed, failed, rx)
+                })
                 .map_err(io(&log.dir))?
         };
         let m = self.metrics();

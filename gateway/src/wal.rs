@@ -280,7 +280,13 @@ impl Wal {
         let s = settings.clone();
         let writer = std::thread::Builder::new()
             .name("healthgate-wal".into())
-            .spawn(move || write_loop(&mut *storage, &s, rx, &mut tail, &d2, &f2, &mut observer))
+            .spawn(move || {
+                // Acknowledgements wait on this thread: ask for a little more
+                // CPU priority than the request workers (allowed as root or
+                // with CAP_SYS_NICE; otherwise it runs at normal priority).
+                set_thread_nice(-5);
+                write_loop(&mut *storage, &s, rx, &mut tail, &d2, &f2, &mut observer)
+            })
             .expect("spawn the log writer");
         Arc::new(Wal {
             tx: Mutex::new((recovered.next_lsn, Some(tx))),
@@ -349,6 +355,17 @@ impl Wal {
         if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
         }
+    }
+}
+
+/// Sets the calling thread's nice value; failures are ignored (lowering
+/// priority always works, raising it needs privileges).
+pub fn set_thread_nice(nice: i32) {
+    // SAFETY: gettid and setpriority have no memory-safety preconditions;
+    // on Linux PRIO_PROCESS with a thread id applies to that thread only.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, nice);
     }
 }
 

@@ -2,9 +2,10 @@
 //! strict (answer after fsync, group commit) and async, side by side in one
 //! run, in-process (no HTTP, so the log's share is not diluted by it).
 //!
-//! `cargo run --release -p healthgate-benches --bin log_cost -- [SECONDS] [CONCURRENCY] [MODES]`
+//! `cargo run --release -p healthgate-benches --bin log_cost -- [SECONDS] [CONCURRENCY] [MODES] [WAIT_US]`
 //!
-//! MODES is a comma-separated subset of `off,strict,async` (default all).
+//! MODES is a comma-separated subset of `off,strict,async` (default all);
+//! WAIT_US is the group commit's `batch_max_wait_us` (default the gateway's).
 //!
 //! Each mode gets a fresh demo gateway on a temporary directory; the same
 //! pre-signed codes are scanned by CONCURRENCY tasks on a two-thread runtime
@@ -28,20 +29,22 @@ fn main() -> anyhow::Result<()> {
     println!("{concurrency} concurrent scanners, {seconds} s per mode, 2 runtime threads");
     let modes = std::env::args().nth(3).unwrap_or_else(|| "off,strict,async".into());
     for mode in modes.split(',') {
-        let rate = rt.block_on(run(mode, seconds, concurrency))?;
+        let wait = std::env::args().nth(4);
+        let rate = rt.block_on(run(mode, seconds, concurrency, wait.as_deref()))?;
         let ratio = rate.0 / *base.get_or_insert(rate.0);
         println!("{mode:<7} {:>9.0} scans/s   {:>5.3} × off   {}", rate.0, ratio, rate.1);
     }
     Ok(())
 }
 
-async fn run(mode: &str, seconds: u64, concurrency: usize) -> anyhow::Result<(f64, String)> {
+async fn run(mode: &str, seconds: u64, concurrency: usize, wait_us: Option<&str>) -> anyhow::Result<(f64, String)> {
     let dir = tempfile::tempdir()?;
     let now = SystemClock.now();
     let opts = healthgate::demo::DemoOptions { size: 100_000, seed: 2, ..Default::default() };
     let env = healthgate::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now)?;
     let text = std::fs::read_to_string(&env.config)?;
-    std::fs::write(&env.config, format!("{text}\n[log]\nmode = \"{mode}\"\n"))?;
+    let wait = wait_us.map(|w| format!("batch_max_wait_us = {w}\n")).unwrap_or_default();
+    std::fs::write(&env.config, format!("{text}\n[log]\nmode = \"{mode}\"\n{wait}"))?;
     let config = healthgate::config::Config::load(&env.config)?;
     let gw = healthgate::server::build(&config, Arc::new(SystemClock))?;
     {
