@@ -398,67 +398,67 @@ impl Gateway {
     /// Applies a signed batch of colour changes, all or nothing, and
     /// answers once it is durable. Returns the new epoch.
     pub async fn apply_updates(&self, batch: &UpdateBatch) -> Result<u64, FeedError> {
-        let result = match self.apply_updates_nowait(batch) {
-            Ok((epoch, ticket)) => {
-                Self::durable(ticket).await.map(|()| epoch).map_err(|e| FeedError::Unavailable(e.to_string()))
-            }
-            Err(e) => Err(e),
-        };
-        self.count_batch("updates", &result);
-        result
-    }
-
-    fn apply_updates_nowait(&self, batch: &UpdateBatch) -> Result<(u64, Option<Ticket>), FeedError> {
-        let snap = self.snapshot.load();
-        let changes = batch.verify(&snap.authority_keys)?;
-        let _order = self.colour_order.write().unwrap_or_else(|e| e.into_inner());
-        let mut last = self.feed_seq.lock().unwrap_or_else(|e| e.into_inner());
-        if batch.seq <= *last {
-            return Err(FeedError::Replay { got: batch.seq, last: *last });
-        }
-        let now = self.clock.now();
-        // Logged before it is applied, under the write lock: a snapshot
-        // (which reads the log position under the read lock) never sees a
-        // batch half-applied.
-        let ticket = self
-            .log(now, || Body::Updates { seq: batch.seq, changes: changes.clone() })
-            .map_err(|e| FeedError::Unavailable(e.to_string()))?;
-        let epoch = self.store.apply_changes(&changes, now);
-        *last = batch.seq;
-        self.metrics.feed_changes.inc_by(changes.len() as u64);
-        self.metrics.feed_last_seq.set(i64::try_from(batch.seq).unwrap_or(i64::MAX));
-        Ok((epoch, ticket))
+        let logged = batch.verify(&self.snapshot.load().authority_keys).and_then(|changes| {
+            self.in_feed_order(batch.seq, |now| {
+                let ticket = self.log_batch(now, || Body::Updates { seq: batch.seq, changes: changes.clone() })?;
+                let epoch = self.store.apply_changes(&changes, now);
+                self.metrics.feed_changes.inc_by(changes.len() as u64);
+                Ok((epoch, ticket))
+            })
+        });
+        self.settle_batch("updates", logged).await
     }
 
     /// Applies a signed batch of revocations, all or nothing, and answers
     /// once it is durable. Returns the new epoch.
     pub async fn apply_revocations(&self, batch: &RevocationBatch) -> Result<u64, FeedError> {
-        let result = match self.apply_revocations_nowait(batch) {
+        let snap = self.snapshot.load();
+        let logged = batch.verify(&snap.authority_keys).and_then(|()| {
+            self.in_feed_order(batch.seq, |now| {
+                let ticket =
+                    self.log_batch(now, || Body::Revocations { seq: batch.seq, entries: batch.revocations.clone() })?;
+                self.add_revocations(&batch.revocations, now, snap.revocation_filter);
+                Ok((self.store.bump_epoch(), ticket))
+            })
+        });
+        self.settle_batch("revocations", logged).await
+    }
+
+    /// Runs `apply` for the batch with sequence `seq` if it comes after the
+    /// last applied one, holding `colour_order` for writing and the feed
+    /// mutex: the batch is logged and applied with no colour change of a
+    /// scan between, and a snapshot (which reads the log position under the
+    /// read lock) never sees it half-applied.
+    fn in_feed_order<T>(&self, seq: u64, apply: impl FnOnce(UnixSecs) -> Result<T, FeedError>) -> Result<T, FeedError> {
+        let _order = self.colour_order.write().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.feed_seq.lock().unwrap_or_else(|e| e.into_inner());
+        if seq <= *last {
+            return Err(FeedError::Replay { got: seq, last: *last });
+        }
+        let result = apply(self.clock.now())?;
+        *last = seq;
+        self.metrics.feed_last_seq.set(i64::try_from(seq).unwrap_or(i64::MAX));
+        Ok(result)
+    }
+
+    fn log_batch(&self, now: UnixSecs, body: impl FnOnce() -> Body) -> Result<Option<Ticket>, FeedError> {
+        self.log(now, body).map_err(|e| FeedError::Unavailable(e.to_string()))
+    }
+
+    /// Waits for a logged batch to be durable, and counts it.
+    async fn settle_batch(
+        &self,
+        kind: &str,
+        logged: Result<(u64, Option<Ticket>), FeedError>,
+    ) -> Result<u64, FeedError> {
+        let result = match logged {
             Ok((epoch, ticket)) => {
                 Self::durable(ticket).await.map(|()| epoch).map_err(|e| FeedError::Unavailable(e.to_string()))
             }
             Err(e) => Err(e),
         };
-        self.count_batch("revocations", &result);
+        self.count_batch(kind, &result);
         result
-    }
-
-    fn apply_revocations_nowait(&self, batch: &RevocationBatch) -> Result<(u64, Option<Ticket>), FeedError> {
-        let snap = self.snapshot.load();
-        batch.verify(&snap.authority_keys)?;
-        let _order = self.colour_order.write().unwrap_or_else(|e| e.into_inner());
-        let mut last = self.feed_seq.lock().unwrap_or_else(|e| e.into_inner());
-        if batch.seq <= *last {
-            return Err(FeedError::Replay { got: batch.seq, last: *last });
-        }
-        let now = self.clock.now();
-        let ticket = self
-            .log(now, || Body::Revocations { seq: batch.seq, entries: batch.revocations.clone() })
-            .map_err(|e| FeedError::Unavailable(e.to_string()))?;
-        self.add_revocations(&batch.revocations, now, snap.revocation_filter);
-        *last = batch.seq;
-        self.metrics.feed_last_seq.set(i64::try_from(batch.seq).unwrap_or(i64::MAX));
-        Ok((self.store.bump_epoch(), ticket))
     }
 
     pub(crate) fn add_revocations(&self, entries: &[crate::feed::Revocation], now: UnixSecs, settings: FilterSettings) {
