@@ -15,15 +15,13 @@
 //! |------------------------|----------------------------------|--------------------|
 //! | `visits_by_checkpoint` | (checkpoint bytes, at, lsn)      | the record (below) |
 //! | `visits_by_holder`     | (at / 86 400, holder, at, lsn)   | checkpoint bytes   |
-//! | `visits_by_time`       | (at, lsn)                        | checkpoint bytes   |
 //! | `visits_meta`          | name                             | u64                |
 //!
 //! The record lives in `visits_by_checkpoint`, so the checkpoint question,
 //! which returns the most rows, reads them in key order with no further
 //! look-up. A holder question scans `visits_by_holder` and looks each row up
 //! by its full key in `visits_by_checkpoint`; a holder has few visits a day,
-//! so those look-ups stay few. `visits_by_time` exists for the purge, which
-//! would otherwise scan everything.
+//! so those look-ups stay few.
 //!
 //! `visits_by_holder` leads with the day because holder ids are random: keyed
 //! by holder first, every insert would land on a random leaf of the whole
@@ -31,13 +29,26 @@
 //! the tree outgrows memory), and the daily purge would rewrite every leaf
 //! too. Day first, inserts touch only today's part of the tree and the purge
 //! drops whole old days from its front, at the price of one range scan per
-//! day in a holder question (28 for the usual retention). The lsn, unique
+//! day in a holder question (28 for the usual retention). The same order
+//! drives the purge: the visits before a horizon are the front of
+//! `visits_by_holder` (whole days, then the horizon's own day filtered by
+//! time), and each one found there names its `visits_by_checkpoint` key, so
+//! no third table is needed. The lsn, unique
 //! per visit, ends every key
 //! so two visits in the same second never collide, and orders them as the
 //! log did. Checkpoints are stored as bytes, not `&str`, so that invalid
 //! UTF-8 on disk becomes [`VisitError::Corrupt`] in this module rather than a
 //! panic inside redb's decoder. `visits_meta` holds `schema` (the layout of
 //! these tables, [`SCHEMA`]) and `indexed_lsn` (the high-water mark).
+//!
+//! Schema 1 had a third table, `visits_by_time` ((at, lsn) → checkpoint
+//! bytes), written for every visit only to drive the purge. Schema 2 drops
+//! it: a third of the B-tree inserts per visit. The other tables are laid
+//! out exactly as in schema 1, so [`VisitIndex::open`] migrates a schema-1
+//! file in place by deleting `visits_by_time` and writing schema 2; the
+//! visits and the high-water mark are kept, so nothing has to be replayed
+//! (which matters, since the log may already have discarded them). Any
+//! other schema is [`VisitError::Schema`].
 //!
 //! # Record, version 1
 //!
@@ -95,7 +106,7 @@ use std::sync::{Mutex, PoisonError};
 
 /// The layout of the tables. A build that changes a key or value type adds
 /// a new number and a migration (or a rebuild from the log).
-pub const SCHEMA: u64 = 1;
+pub const SCHEMA: u64 = 2;
 
 /// A durable commit at least this often, counted in inserting commits: each
 /// commit rewrites at least the root-to-leaf paths it touches, so this
@@ -130,7 +141,8 @@ type HolderKey<'a> = (u64, &'a [u8; 16], u64, u64);
 
 const BY_CHECKPOINT: TableDefinition<CheckpointKey, &[u8]> = TableDefinition::new("visits_by_checkpoint");
 const BY_HOLDER: TableDefinition<HolderKey, &[u8]> = TableDefinition::new("visits_by_holder");
-const BY_TIME: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("visits_by_time");
+/// Schema 1's purge table, named only to delete it (see the module doc).
+const LEGACY_BY_TIME: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("visits_by_time");
 const META: TableDefinition<&str, u64> = TableDefinition::new("visits_meta");
 
 const META_SCHEMA: &str = "schema";
@@ -242,7 +254,6 @@ impl VisitIndex {
             // checks that an existing table has these key and value types.
             txn.open_table(BY_CHECKPOINT)?;
             txn.open_table(BY_HOLDER)?;
-            txn.open_table(BY_TIME)?;
             let mut meta = txn.open_table(META)?;
             let schema = meta.get(META_SCHEMA)?.map(|g| g.value());
             match schema {
@@ -250,6 +261,11 @@ impl VisitIndex {
                     meta.insert(META_SCHEMA, SCHEMA)?;
                 }
                 Some(SCHEMA) => {}
+                Some(1) => {
+                    // Schema 1 is schema 2 plus `visits_by_time`.
+                    txn.delete_table(LEGACY_BY_TIME)?;
+                    meta.insert(META_SCHEMA, SCHEMA)?;
+                }
                 Some(other) => return Err(VisitError::Schema(other)),
             }
             let indexed = meta.get(META_INDEXED_LSN)?.map_or(0, |g| g.value());
@@ -288,12 +304,10 @@ impl VisitIndex {
             };
             let mut by_checkpoint = txn.open_table(BY_CHECKPOINT)?;
             let mut by_holder = txn.open_table(BY_HOLDER)?;
-            let mut by_time = txn.open_table(BY_TIME)?;
             for v in fresh {
                 let cp = v.checkpoint.as_bytes();
                 by_checkpoint.insert((cp, v.at, v.lsn), record::encode(v).as_bytes())?;
                 by_holder.insert((day(v.at), &v.holder.0, v.at, v.lsn), cp)?;
-                by_time.insert((v.at, v.lsn), cp)?;
             }
             meta.insert(META_INDEXED_LSN, last.lsn)?;
             (fresh.len() as u64, last.lsn)
@@ -388,16 +402,15 @@ impl VisitIndex {
             return Ok(());
         }
         let txn = self.db.begin_read()?;
-        let by_time = txn.open_table(BY_TIME)?;
         let by_holder = txn.open_table(BY_HOLDER)?;
         let by_checkpoint = txn.open_table(BY_CHECKPOINT)?;
         // One range per day bucket, so clip the days to those the index
         // holds: an open-ended question must not walk every day since 1970.
-        let (Some(first), Some(last)) = (by_time.first()?, by_time.last()?) else {
+        let (Some(first), Some(last)) = (by_holder.first()?, by_holder.last()?) else {
             return Ok(());
         };
         let (first, last) = (first.0.value().0, last.0.value().0);
-        let days = day(from.max(first))..=day((to - 1).min(last));
+        let days = day(from).max(first)..=day(to - 1).min(last);
         for d in days {
             // `from` and `to` bound every bucket's range as they are: a day
             // holds only its own seconds, so the edge days are cut right.
@@ -424,7 +437,8 @@ impl VisitIndex {
 
     /// Deletes every visit with `at < horizon` from all tables, at most
     /// [`PURGE_CHUNK`] per write transaction, and returns how many it
-    /// removed. Each chunk commits durably, so the space it frees is reusable
+    /// removed, oldest days first (within a day, in holder order). Each
+    /// chunk commits durably, so the space it frees is reusable
     /// at once; a crash mid-purge leaves older visits that the next purge
     /// removes.
     pub fn purge_before(&self, horizon: UnixSecs) -> Result<u64, VisitError> {
@@ -450,7 +464,7 @@ impl VisitIndex {
     /// How many visits the index holds.
     pub fn len(&self) -> Result<u64, VisitError> {
         let txn = self.db.begin_read()?;
-        let n = txn.open_table(BY_TIME)?.len()?;
+        let n = txn.open_table(BY_CHECKPOINT)?.len()?;
         Ok(n)
     }
 
@@ -471,7 +485,6 @@ impl VisitIndex {
         let txn = self.db.begin_write().unwrap();
         txn.open_table(BY_CHECKPOINT).unwrap().insert((checkpoint, at, lsn), value).unwrap();
         txn.open_table(BY_HOLDER).unwrap().insert((day(at), &holder.0, at, lsn), checkpoint).unwrap();
-        txn.open_table(BY_TIME).unwrap().insert((at, lsn), checkpoint).unwrap();
         txn.commit().unwrap();
     }
 }
@@ -495,23 +508,29 @@ fn make_durable(txn: &mut WriteTransaction) {
     txn.set_quick_repair(true);
 }
 
-/// Removes up to [`PURGE_CHUNK`] of the oldest visits before `horizon`.
+/// Removes up to [`PURGE_CHUNK`] of the visits before `horizon`, oldest
+/// days first, driven by `visits_by_holder` (see the module doc).
 fn purge_chunk(txn: &WriteTransaction, horizon: UnixSecs) -> Result<usize, VisitError> {
-    let mut by_time = txn.open_table(BY_TIME)?;
     let mut by_checkpoint = txn.open_table(BY_CHECKPOINT)?;
     let mut by_holder = txn.open_table(BY_HOLDER)?;
     let mut n = 0;
+    // Every day before the horizon's goes whole; in the horizon's own day the
+    // filter keeps the visits at or after it (the filter only reads the key,
+    // so those cost a key comparison each per chunk, at most one day's).
     // extract_from_if removes exactly the entries the iterator yields, so
     // take() bounds the chunk.
-    for entry in by_time.extract_from_if(..(horizon, 0), |_, _| true)?.take(PURGE_CHUNK) {
+    let end = (day(horizon) + 1, &[0u8; 16], 0, 0);
+    for entry in by_holder.extract_from_if(..end, |k, _| k.2 < horizon)?.take(PURGE_CHUNK) {
         let (key, value) = entry?;
-        let (at, lsn) = key.value();
+        let (_, holder, at, lsn) = key.value();
         let cp = value.value();
-        let holder = by_checkpoint
+        let stored = by_checkpoint
             .remove((cp, at, lsn))?
-            .ok_or(VisitError::Corrupt("time entry without a visit"))
+            .ok_or(VisitError::Corrupt("holder entry without a visit"))
             .and_then(|g| record::holder(g.value()))?;
-        by_holder.remove((day(at), &holder.0, at, lsn))?.ok_or(VisitError::Corrupt("visit without a holder entry"))?;
+        if stored.0 != *holder {
+            return Err(VisitError::Corrupt("holder entry points at another holder's visit"));
+        }
         n += 1;
     }
     Ok(n)

@@ -119,8 +119,9 @@ pub(super) fn decode(b: &[u8]) -> Result<Record, VisitError> {
     })
 }
 
-/// Just the holder, for the purge: it needs the holder to find the
-/// `visits_by_holder` entry but not the rest of the record.
+/// Just the holder, for the purge: it checks that the visit it removes
+/// belongs to the `visits_by_holder` entry that led to it, and needs no more
+/// of the record.
 pub(super) fn holder(b: &[u8]) -> Result<HolderId, VisitError> {
     match b.first() {
         Some(&VERSION) => {}

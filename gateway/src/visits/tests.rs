@@ -431,3 +431,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_schema_1_file_is_migrated_in_place_and_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("visits.redb");
+    let all: Vec<Visit> = (1..=20).map(|l| visit(l, l * 10_000, (l % 3) as u8, ["a", "b"][(l % 2) as usize])).collect();
+    {
+        let index = VisitIndex::open(&path).unwrap();
+        index.insert(&all).unwrap();
+        // Turn the file into what a schema-1 build wrote: the same tables
+        // plus `visits_by_time`, and schema 1.
+        let txn = index.db.begin_write().unwrap();
+        {
+            let mut by_time = txn.open_table(LEGACY_BY_TIME).unwrap();
+            for v in &all {
+                by_time.insert((v.at, v.lsn), v.checkpoint.as_bytes()).unwrap();
+            }
+            txn.open_table(META).unwrap().insert(META_SCHEMA, 1).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    {
+        let index = VisitIndex::open(&path).unwrap();
+        // Nothing to replay: the visits and the mark are kept.
+        assert_eq!(index.indexed_lsn().unwrap(), 20);
+        assert_eq!(index.durable_lsn(), 20);
+        assert_eq!(index.len().unwrap(), 20);
+        assert_eq!(collect_checkpoint(&index, "a", 0, u64::MAX), naive(&all, |v| v.checkpoint == "a", 0, u64::MAX));
+        let h = holder(1);
+        assert_eq!(collect_holder(&index, &h, 0, u64::MAX), naive(&all, |v| v.holder == h, 0, u64::MAX));
+        let txn = index.db.begin_read().unwrap();
+        assert_eq!(txn.open_table(META).unwrap().get(META_SCHEMA).unwrap().unwrap().value(), SCHEMA);
+        assert!(matches!(txn.open_table(LEGACY_BY_TIME), Err(redb::TableError::TableDoesNotExist(_))));
+        drop(txn);
+        assert_eq!(index.purge_before(100_000).unwrap(), 9);
+        assert_eq!(index.len().unwrap(), 11);
+        // A schema from a later build is refused, not guessed at.
+        let txn = index.db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert(META_SCHEMA, SCHEMA + 1).unwrap();
+        txn.commit().unwrap();
+    }
+    assert!(matches!(VisitIndex::open(&path), Err(VisitError::Schema(s)) if s == SCHEMA + 1));
+}
