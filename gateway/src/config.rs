@@ -375,18 +375,8 @@ impl Config {
             if authority_keys.iter().any(|(x, _)| *x == kid) {
                 return Err(invalid(&field, format!("key id {kid} appears twice")));
             }
-            let key = match (k.public_key, k.public_key_file) {
-                (Some(hex), None) => crate::keys::parse_public_hex(&hex).map_err(|e| invalid(&field, e))?,
-                (None, Some(file)) => {
-                    let (file_kid, key) =
-                        crate::keys::read_public(&base.join(file)).map_err(|e| invalid(&field, e.to_string()))?;
-                    if file_kid != kid {
-                        return Err(invalid(&field, format!("key file is for key id {file_kid}")));
-                    }
-                    key
-                }
-                _ => return Err(invalid(&field, "give exactly one of public_key and public_key_file".into())),
-            };
+            let key = crate::keys::resolve_public(kid, k.public_key.as_deref(), k.public_key_file.as_deref(), base)
+                .map_err(|e| invalid(&field, e))?;
             authority_keys.push((kid, key));
         }
 

@@ -105,6 +105,23 @@ pub fn read_public(path: &Path) -> Result<(KeyId, VerifyingKey), KeyFileError> {
     Ok((kid, key))
 }
 
+/// A public key given in configuration as exactly one of inline hex or a
+/// `.pub` file (relative to `base`), which must be for `kid`. Used by the
+/// trust list (issuer keys) and the configuration (authority keys).
+pub fn resolve_public(kid: KeyId, hex: Option<&str>, file: Option<&Path>, base: &Path) -> Result<VerifyingKey, String> {
+    match (hex, file) {
+        (Some(hex), None) => parse_public_hex(hex),
+        (None, Some(file)) => {
+            let (file_kid, key) = read_public(&base.join(file)).map_err(|e| e.to_string())?;
+            if file_kid != kid {
+                return Err(format!("key file is for key id {file_kid}"));
+            }
+            Ok(key)
+        }
+        _ => Err("give exactly one of public_key and public_key_file".into()),
+    }
+}
+
 /// Parses a 64-hex-digit Ed25519 public key and refuses weak (small-order)
 /// keys, which would accept signatures on messages nobody signed.
 pub fn parse_public_hex(s: &str) -> Result<VerifyingKey, String> {

@@ -93,36 +93,22 @@ enum Command {
     },
     /// Push signed colour changes to a gateway (the health authority's feed).
     Push {
-        /// Authority secret key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// Admin base URL, e.g. http://127.0.0.1:9090.
-        #[arg(long)]
-        admin: String,
-        /// API key of the authority role.
-        #[arg(long)]
-        api_key: String,
+        #[command(flatten)]
+        target: FeedTarget,
         /// HOLDER=COLOR[,until=RFC3339,then=COLOR[,until=...,then=...]]; repeatable.
         #[arg(long = "set", value_parser = parse_change)]
         set: Vec<Change>,
         /// JSON lines, one {"holder", "color", "steps"} a line, for bulk.
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Sequence number of the first batch; default one past the gateway's last.
-        #[arg(long)]
-        seq: Option<u64>,
         /// Changes per signed batch.
         #[arg(long, default_value_t = 10_000)]
         batch: usize,
     },
     /// Revoke a holder (all their codes) or one code by serial.
     Revoke {
-        #[arg(long)]
-        key: PathBuf,
-        #[arg(long)]
-        admin: String,
-        #[arg(long)]
-        api_key: String,
+        #[command(flatten)]
+        target: FeedTarget,
         #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
         holder: Option<HolderId>,
         #[arg(long)]
@@ -130,8 +116,6 @@ enum Command {
         /// Drop the entry after this time (RFC 3339).
         #[arg(long, value_parser = parse_rfc3339)]
         expires: Option<u64>,
-        #[arg(long)]
-        seq: Option<u64>,
     },
     /// Run the gateway.
     Serve {
@@ -153,6 +137,23 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: String,
     },
+}
+
+/// Where and as whom `push` and `revoke` send their signed batches.
+#[derive(clap::Args)]
+struct FeedTarget {
+    /// Authority secret key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// Admin base URL, e.g. http://127.0.0.1:9090.
+    #[arg(long)]
+    admin: String,
+    /// API key of the authority role.
+    #[arg(long)]
+    api_key: String,
+    /// Sequence number of the first batch; default one past the gateway's last.
+    #[arg(long)]
+    seq: Option<u64>,
 }
 
 /// Failures that are the caller's fault exit 64, the rest 1.
@@ -260,8 +261,7 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
             healthgate::state::snapshot::write_population(&out, &pop, at).map_err(anyhow::Error::from)?;
             eprintln!("wrote {size} holders to {} in {:.1?}", out.display(), started.elapsed());
         }
-        Command::Push { key, admin, api_key, mut set, file, seq, batch } => {
-            let (kid, signing) = healthgate::keys::read_secret(&key).map_err(usage)?;
+        Command::Push { target, mut set, file, batch } => {
             if let Some(path) = file {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))
@@ -279,51 +279,22 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
             if batch == 0 || batch > healthgate::feed::MAX_BATCH {
                 return Err(usage(anyhow::anyhow!("--batch must be between 1 and {}", healthgate::feed::MAX_BATCH)));
             }
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
-            return rt.block_on(async {
-                let mut seq = match seq {
-                    Some(s) => s,
-                    None => next_seq(&admin, &api_key).await?,
-                };
-                let mut epoch = 0;
-                for chunk in set.chunks(batch) {
-                    let b = UpdateBatch { seq, kid: String::new(), changes: chunk.to_vec(), signature: String::new() }
-                        .sign(kid, &signing)
-                        .map_err(usage)?;
-                    epoch = post_batch(&admin, "/v1/admin/updates", &api_key, serde_json::to_vec(&b).expect("json"))
-                        .await?;
-                    seq += 1;
-                }
-                println!("{epoch}");
-                Ok(ExitCode::SUCCESS)
+            let chunks: Vec<&[Change]> = set.chunks(batch).collect();
+            return send_batches(&target, "/v1/admin/updates", chunks.len(), |seq, i, kid, key| {
+                let b = UpdateBatch { seq, kid: String::new(), changes: chunks[i].to_vec(), signature: String::new() };
+                Ok(serde_json::to_vec(&b.sign(kid, key).map_err(usage)?).expect("json"))
             });
         }
-        Command::Revoke { key, admin, api_key, holder, serial, expires, seq } => {
-            let (kid, signing) = healthgate::keys::read_secret(&key).map_err(usage)?;
-            let target = match (holder, serial) {
+        Command::Revoke { target, holder, serial, expires } => {
+            let what = match (holder, serial) {
                 (Some(h), None) => Target::Holder(h),
                 (None, Some(s)) => Target::Serial(s),
                 _ => return Err(usage(anyhow::anyhow!("give exactly one of --holder and --serial"))),
             };
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
-            return rt.block_on(async {
-                let seq = match seq {
-                    Some(s) => s,
-                    None => next_seq(&admin, &api_key).await?,
-                };
-                let b = RevocationBatch {
-                    seq,
-                    kid: String::new(),
-                    revocations: vec![Revocation { target, expires }],
-                    signature: String::new(),
-                }
-                .sign(kid, &signing)
-                .map_err(usage)?;
-                let epoch =
-                    post_batch(&admin, "/v1/admin/revocations", &api_key, serde_json::to_vec(&b).expect("json"))
-                        .await?;
-                println!("{epoch}");
-                Ok(ExitCode::SUCCESS)
+            return send_batches(&target, "/v1/admin/revocations", 1, |seq, _, kid, key| {
+                let revocations = vec![Revocation { target: what, expires }];
+                let b = RevocationBatch { seq, kid: String::new(), revocations, signature: String::new() };
+                Ok(serde_json::to_vec(&b.sign(kid, key).map_err(usage)?).expect("json"))
             });
         }
         Command::Serve { config } => {
@@ -358,6 +329,32 @@ fn parse_change(s: &str) -> Result<Change, String> {
         });
     }
     Ok(Change { holder, color, steps })
+}
+
+/// Signs and posts `count` batches with consecutive sequence numbers
+/// (`make(seq, i, kid, key)` builds the i-th body) and prints the gateway's
+/// last epoch.
+fn send_batches(
+    t: &FeedTarget,
+    path: &str,
+    count: usize,
+    make: impl Fn(u64, usize, healthgate::token::KeyId, &ed25519_dalek::SigningKey) -> Result<Vec<u8>, Failure>,
+) -> Result<ExitCode, Failure> {
+    let (kid, signing) = healthgate::keys::read_secret(&t.key).map_err(usage)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
+    rt.block_on(async {
+        let first = match t.seq {
+            Some(s) => s,
+            None => next_seq(&t.admin, &t.api_key).await?,
+        };
+        let mut epoch = 0;
+        for i in 0..count {
+            let body = make(first + i as u64, i, kid, &signing)?;
+            epoch = post_batch(&t.admin, path, &t.api_key, body).await?;
+        }
+        println!("{epoch}");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// One past the gateway's last applied feed sequence.

@@ -124,18 +124,9 @@ impl TrustList {
                 if keys.iter().any(|k| k.kid == kid) {
                     return Err(bad(format!("{at}: key id used twice (key ids are unique across issuers)")));
                 }
-                let key = match (rk.public_key, rk.public_key_file) {
-                    (Some(hex), None) => crate::keys::parse_public_hex(&hex).map_err(|e| bad(format!("{at}: {e}")))?,
-                    (None, Some(file)) => {
-                        let (file_kid, key) =
-                            crate::keys::read_public(&base.join(file)).map_err(|e| bad(format!("{at}: {e}")))?;
-                        if file_kid != kid {
-                            return Err(bad(format!("{at}: key file is for key id {file_kid}")));
-                        }
-                        key
-                    }
-                    _ => return Err(bad(format!("{at}: give exactly one of public_key and public_key_file"))),
-                };
+                let key =
+                    crate::keys::resolve_public(kid, rk.public_key.as_deref(), rk.public_key_file.as_deref(), base)
+                        .map_err(|e| bad(format!("{at}: {e}")))?;
                 if rk.not_before >= rk.not_after {
                     return Err(bad(format!("{at}: not_before must be before not_after")));
                 }
