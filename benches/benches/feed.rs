@@ -5,7 +5,8 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use ed25519_dalek::SigningKey;
 use healthgate::feed::{Change, UpdateBatch};
 use healthgate::population::{Mix, Population};
-use healthgate::state::{ColorChange, HolderState, Step, Store};
+use healthgate::state::{ColorChange, HolderState, Step};
+use healthgate::store::Store;
 use healthgate::Color;
 
 const BATCH: usize = 10_000;

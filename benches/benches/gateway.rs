@@ -4,12 +4,14 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use healthgate::clock::{Clock, ManualClock, SystemClock};
-use healthgate::config::Config;
-use healthgate::demo::DemoOptions;
+use healthgate::durability::state_file;
+use healthgate::gateway::{LiveConfig, ScanRequest};
+use healthgate::operations::config::Config;
+use healthgate::operations::demo::DemoOptions;
 use healthgate::policy::Direction;
 use healthgate::population::{Mix, Population};
-use healthgate::service::{ScanRequest, Snapshot};
-use healthgate::state::{HolderState, Store};
+use healthgate::state::HolderState;
+use healthgate::store::Store;
 use healthgate::token::Claims;
 use healthgate::Color;
 use std::sync::Arc;
@@ -18,12 +20,12 @@ fn scan(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemClock.now();
     let opts = DemoOptions { size: 100_000, seed: 1, ..Default::default() };
-    let env = healthgate::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now).unwrap();
+    let env = healthgate::operations::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now).unwrap();
     let config = Config::load(&env.config).unwrap();
-    let gw = healthgate::server::build(&config, Arc::new(ManualClock::new(now))).unwrap();
-    gw.load_state(&env.state).unwrap();
+    let gw = healthgate::serving::server::build(&config, Arc::new(ManualClock::new(now))).unwrap();
+    state_file::load(&env.state, gw.store()).unwrap();
     gw.set_loaded();
-    let (kid, key) = healthgate::keys::read_secret(&env.issuer_key).unwrap();
+    let (kid, key) = healthgate::operations::keyfiles::read_secret(&env.issuer_key).unwrap();
     let greens: Vec<_> = (0..100_000).filter(|&i| env.population.color(i) == Color::Green).take(1024).collect();
     let codes: Vec<String> = greens
         .iter()
@@ -45,13 +47,13 @@ fn scan(c: &mut Criterion) {
             let req =
                 ScanRequest { code: &codes[i % codes.len()], checkpoint: &checkpoint, direction, temperature_c: None };
             i += 1;
-            let out = gw.scan_nowait(black_box(&req)).unwrap().0;
+            let out = gw.scan_nowait(&gw.live(), black_box(&req)).unwrap().0;
             debug_assert!(out.decision.pass);
             out
         })
     });
     g.bench_function("snapshot_swap", |b| {
-        b.iter_batched(|| Snapshot::from_config(&config, 0), |s| gw.swap_snapshot(s), BatchSize::SmallInput)
+        b.iter_batched(|| LiveConfig::from_config(&config, 0), |s| gw.swap_live(s), BatchSize::SmallInput)
     });
     g.finish();
 }

@@ -1,4 +1,4 @@
-//! The tracing index (`healthgate::visits`): inserts in batches of 1 000 as
+//! The tracing index (`healthgate::durability::visits`): inserts in batches of 1 000 as
 //! the log applier makes them, and the two tracing questions against an
 //! index of 1 M visits over 28 days: one checkpoint for one hour, and one
 //! holder over the whole 28 days.
@@ -9,8 +9,8 @@
 //! the same index.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use healthgate::durability::visits::{Visit, VisitIndex};
 use healthgate::policy::{Direction, Reason};
-use healthgate::visits::{Visit, VisitIndex};
 use healthgate::HolderId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

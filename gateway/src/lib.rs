@@ -1,35 +1,25 @@
-//! healthgate: a verification gateway for signed health codes.
+//! healthgate: a verification gateway for signed health codes. The server
+//! crate: everything that does I/O or takes a lock. The pure decision core
+//! (token, trust list, rules, feed wire types, revocations) is the
+//! `healthgate-core` crate, re-exported here under its module names.
 //!
 //! # Layout
 //!
-//! - [`token`]: token format v1 (docs/TOKEN.md): decode, sign, verify.
-//! - [`trust`]: the trust list of issuers and their keys.
-//! - [`keys`]: key files on disk.
-//! - [`clock`], [`color`], [`holder`]: small shared types.
+//! - [`gateway`]: the `Gateway` and its parts: live state, scans and check-ins, the authority feed, effects.
+//! - [`store`]: the concurrent colour store (per-holder state under entry locks).
+//! - [`serving`]: HTTP: listeners, routing, API keys, the server's run loop.
+//! - [`durability`]: the write-ahead log, the state file, the tracing index, recovery and housekeeping.
+//! - [`operations`]: configuration, metrics, key files, the demo, the CLI's HTTP client.
+//! - re-exported from `healthgate-core`: [`token`], [`trust`], [`keyfile`], [`verify`], [`policy`],
+//!   [`state`], [`feed`], [`revocation`], [`codec`], [`population`], [`clock`], [`color`], [`holder`].
 
-pub mod auth;
-pub mod client;
-pub mod clock;
-pub mod color;
-pub mod config;
-pub mod demo;
-pub mod feed;
-pub mod holder;
-pub mod http;
-pub mod keys;
-pub mod metrics;
-pub mod persist;
-pub mod policy;
-pub mod population;
-pub mod revocation;
-pub mod server;
-pub mod service;
-pub mod state;
-pub mod token;
-pub mod trust;
-pub mod visits;
-pub mod wal;
+pub mod durability;
+pub mod gateway;
+pub mod operations;
+pub mod serving;
+pub mod store;
 
-pub use clock::{Clock, ManualClock, SystemClock, UnixSecs};
-pub use color::Color;
-pub use holder::HolderId;
+pub use healthgate_core::{
+    clock, codec, color, feed, holder, keyfile, policy, population, revocation, state, token, trust, verify,
+};
+pub use healthgate_core::{Clock, Color, HolderId, ManualClock, SystemClock, UnixSecs};

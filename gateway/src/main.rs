@@ -10,7 +10,8 @@ use healthgate::clock::{format_rfc3339, parse_rfc3339, Clock, SystemClock};
 use healthgate::feed::{Change, Revocation, RevocationBatch, Target, UpdateBatch};
 use healthgate::population::{Mix, Population};
 use healthgate::state::Step;
-use healthgate::token::{Claims, KeyId, RawToken, DEFAULT_SKEW_SECS, DEFAULT_TTL_SECS};
+use healthgate::token::{Claims, KeyId, DEFAULT_SKEW_SECS, DEFAULT_TTL_SECS};
+use healthgate::verify::{decode_and_verify, Trust, Verified};
 use healthgate::{Color, HolderId};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -203,12 +204,13 @@ fn main() -> ExitCode {
 fn execute(command: Command) -> Result<ExitCode, Failure> {
     match command {
         Command::Keygen { kid, out } => {
-            let key = healthgate::keys::generate();
-            let (s, p) = healthgate::keys::write_keypair(&out, kid, &key).map_err(anyhow::Error::from)?;
+            let key = healthgate::operations::keyfiles::generate();
+            let (s, p) =
+                healthgate::operations::keyfiles::write_keypair(&out, kid, &key).map_err(anyhow::Error::from)?;
             println!("{}\n{}", s.display(), p.display());
         }
         Command::Issue { key, holder, ttl, issued_at, color, serial, qr } => {
-            let (kid, signing) = healthgate::keys::read_secret(&key).map_err(usage)?;
+            let (kid, signing) = healthgate::operations::keyfiles::read_secret(&key).map_err(usage)?;
             let issued_at = issued_at.unwrap_or_else(|| SystemClock.now());
             if ttl == 0 {
                 return Err(usage(anyhow::anyhow!("--ttl must be at least 1")));
@@ -228,13 +230,11 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
             println!("{text}");
         }
         Command::Verify { trust, at, skew, code } => {
-            let trust = healthgate::trust::TrustList::load(&trust).map_err(usage)?;
+            let trust = healthgate::operations::config::load_trust(&trust).map_err(usage)?;
             let now = at.unwrap_or_else(|| SystemClock.now());
-            let verified = RawToken::decode(&code)
-                .map_err(healthgate::token::VerifyError::from)
-                .and_then(|raw| raw.verify(&trust, now, skew));
-            match verified {
-                Ok((token, key)) => {
+            let trusted = Trust { list: &trust, skew_s: skew };
+            match decode_and_verify(&code, trusted, None, None, now) {
+                Ok(Verified { token, key, .. }) => {
                     let c = token.claims();
                     println!("valid");
                     println!("issuer:     {} (key {})", trust.issuers()[key.issuer].id, c.kid);
@@ -245,20 +245,20 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
                     println!("serial:     {}", c.serial);
                 }
                 Err(e) => {
-                    println!("invalid: {}: {e}", reason_of(&e));
+                    println!("invalid: {}: {e}", e.reason().as_str());
                     return Ok(ExitCode::from(EX_FAILED));
                 }
             }
         }
         Command::Apikey => {
-            let k = healthgate::auth::generate_key();
-            println!("key:  {k}\nhash: {}", healthgate::auth::hash_key(&k));
+            let k = healthgate::operations::auth::generate_key();
+            println!("key:  {k}\nhash: {}", healthgate::operations::auth::hash_key(&k));
         }
         Command::Seed { size, seed, mix, at, out } => {
             let pop = Population { seed, size, mix };
             let at = at.unwrap_or_else(|| SystemClock.now());
             let started = std::time::Instant::now();
-            healthgate::state::snapshot::write_population(&out, &pop, at).map_err(anyhow::Error::from)?;
+            healthgate::durability::state_file::write_population(&out, &pop, at).map_err(anyhow::Error::from)?;
             eprintln!("wrote {size} holders to {} in {:.1?}", out.display(), started.elapsed());
         }
         Command::Push { target, mut set, file, batch } => {
@@ -298,14 +298,14 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
             });
         }
         Command::Serve { config } => {
-            let config = healthgate::config::Config::load(&config).map_err(usage)?;
+            let config = healthgate::operations::config::Config::load(&config).map_err(usage)?;
             serve(config, None)?;
         }
         Command::Demo { dir, size, seed, public, admin } => {
-            let opts = healthgate::demo::DemoOptions { size, seed, ..Default::default() };
-            let env = healthgate::demo::prepare(&dir, &opts, &public, &admin, SystemClock.now())
+            let opts = healthgate::operations::demo::DemoOptions { size, seed, ..Default::default() };
+            let env = healthgate::operations::demo::prepare(&dir, &opts, &public, &admin, SystemClock.now())
                 .with_context(|| format!("preparing {}", dir.display()))?;
-            let config = healthgate::config::Config::load(&env.config).map_err(usage)?;
+            let config = healthgate::operations::config::Config::load(&env.config).map_err(usage)?;
             serve(config, Some((env, dir)))?;
         }
     }
@@ -340,7 +340,7 @@ fn send_batches(
     count: usize,
     make: impl Fn(u64, usize, healthgate::token::KeyId, &ed25519_dalek::SigningKey) -> Result<Vec<u8>, Failure>,
 ) -> Result<ExitCode, Failure> {
-    let (kid, signing) = healthgate::keys::read_secret(&t.key).map_err(usage)?;
+    let (kid, signing) = healthgate::operations::keyfiles::read_secret(&t.key).map_err(usage)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
     rt.block_on(async {
         let first = match t.seq {
@@ -360,8 +360,9 @@ fn send_batches(
 /// One past the gateway's last applied feed sequence.
 async fn next_seq(admin: &str, api_key: &str) -> Result<u64, Failure> {
     let url = format!("{}/v1/admin/feed", admin.trim_end_matches('/'));
-    let (status, v) =
-        healthgate::client::request(http::Method::GET, &url, api_key, None).await.map_err(anyhow::Error::from)?;
+    let (status, v) = healthgate::operations::client::request(http::Method::GET, &url, api_key, None)
+        .await
+        .map_err(anyhow::Error::from)?;
     if !status.is_success() {
         return Err(Failure::Failed(anyhow::anyhow!("{url}: {status}: {}", v["error"].as_str().unwrap_or("refused"))));
     }
@@ -371,7 +372,7 @@ async fn next_seq(admin: &str, api_key: &str) -> Result<u64, Failure> {
 /// Posts a signed batch; returns the new epoch or the server's reason.
 async fn post_batch(admin: &str, path: &str, api_key: &str, body: Vec<u8>) -> Result<u64, Failure> {
     let url = format!("{}{path}", admin.trim_end_matches('/'));
-    let (status, v) = healthgate::client::request(http::Method::POST, &url, api_key, Some(body))
+    let (status, v) = healthgate::operations::client::request(http::Method::POST, &url, api_key, Some(body))
         .await
         .map_err(anyhow::Error::from)?;
     if !status.is_success() {
@@ -379,17 +380,6 @@ async fn post_batch(admin: &str, path: &str, api_key: &str, body: Vec<u8>) -> Re
         return Err(Failure::Failed(anyhow::anyhow!("refused ({status}): {why}")));
     }
     Ok(v["epoch"].as_u64().unwrap_or(0))
-}
-
-fn reason_of(e: &healthgate::token::VerifyError) -> &'static str {
-    use healthgate::token::VerifyError::*;
-    match e {
-        Malformed(_) => "malformed",
-        UnknownIssuer(_) => "unknown_issuer",
-        BadSignature => "bad_signature",
-        Expired { .. } => "expired",
-        NotYetValid { .. } => "not_yet_valid",
-    }
 }
 
 fn render_qr(text: &str, path: &std::path::Path) -> anyhow::Result<()> {
@@ -410,10 +400,13 @@ fn render_qr(text: &str, path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Binds, prints (for the demo), serves until SIGTERM or SIGINT.
-fn serve(config: healthgate::config::Config, demo: Option<(healthgate::demo::Env, PathBuf)>) -> anyhow::Result<()> {
+fn serve(
+    config: healthgate::operations::config::Config,
+    demo: Option<(healthgate::operations::demo::Env, PathBuf)>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        use healthgate::server;
+        use healthgate::serving::server;
         let listeners = server::Listeners::bind(&config.server).await?;
         let (public, admin) = listeners.addrs();
         tracing::info!(%public, %admin, "listening");
@@ -422,7 +415,7 @@ fn serve(config: healthgate::config::Config, demo: Option<(healthgate::demo::Env
             env.admin_url = format!("http://{admin}");
             env.write(&dir)?;
             let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "healthgate".into());
-            println!("{}", healthgate::demo::walkthrough(&env, &exe));
+            println!("{}", healthgate::operations::demo::walkthrough(&env, &exe));
         }
         let gw = server::build(&config, Arc::new(SystemClock))?;
         server::run(gw, &config, listeners, server::shutdown_signal()).await?;

@@ -28,9 +28,9 @@
 use crate::expect::{Expect, Reason, Shown};
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
-use healthgate::population::{mix64, Population};
-use healthgate::token::{Claims, KeyId, DEFAULT_TTL_SECS};
-use healthgate::{Color, HolderId};
+use healthgate_core::population::{mix64, Population};
+use healthgate_core::token::{Claims, KeyId, DEFAULT_TTL_SECS};
+use healthgate_core::{Color, HolderId};
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
@@ -611,9 +611,9 @@ enum Signer {
 mod tests {
     use super::*;
     use crate::expect::Expect;
-    use healthgate::population::Mix;
-    use healthgate::token::RawToken;
-    use healthgate::trust::TrustList;
+    use healthgate_core::population::Mix;
+    use healthgate_core::token::RawToken;
+    use healthgate_core::trust::TrustList;
     use std::collections::hash_map::Entry;
     use std::collections::HashMap;
 
@@ -673,15 +673,11 @@ mod tests {
             let raw = RawToken::decode(code);
             let Expect::Decision { pass, reason, holder, .. } = s.expect else { panic!("scan without decision") };
             // The token outcome the expectation claims is what verifying it gives.
-            let verdict = raw.map_err(|_| Reason::Malformed).and_then(|r| {
-                r.verify(&trust, now, 30).map(|_| r.claims).map_err(|e| match e {
-                    healthgate::token::VerifyError::UnknownIssuer(_) => Reason::UnknownIssuer,
-                    healthgate::token::VerifyError::BadSignature => Reason::BadSignature,
-                    healthgate::token::VerifyError::Expired { .. } => Reason::Expired,
-                    healthgate::token::VerifyError::NotYetValid { .. } => Reason::NotYetValid,
-                    healthgate::token::VerifyError::Malformed(_) => Reason::Malformed,
-                })
-            });
+            let trusted = healthgate_core::verify::Trust { list: &trust, skew_s: 30 };
+            let verdict = raw
+                .map_err(healthgate_core::token::VerifyError::from)
+                .and_then(|r| healthgate_core::verify::verify(&r, trusted, None, None, now).map(|_| r.claims))
+                .map_err(|e| e.reason());
             match verdict {
                 Err(r) => assert_eq!(r, reason, "{:?}", s.kind),
                 Ok(claims) => {

@@ -496,7 +496,7 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
 mod tests {
     use super::*;
     use crate::cases::{CaseMix, World};
-    use healthgate::population::{Mix, Population};
+    use healthgate_core::population::{Mix, Population};
     use hyper::server::conn::http1 as server;
     use hyper::service::service_fn;
     use hyper::Response;

@@ -1,49 +1,18 @@
 //! Expected answers and the check of every response against them.
 //!
 //! The load generator is a client of the wire contract (`POST /v1/scan`
-//! answers `{"decision", "color", "reason", "holder", "epoch"}`), so it
-//! spells the reasons itself instead of importing the gateway's policy types:
-//! a renamed reason on the server is a mismatch here, as it would be for a
-//! turnstile.
+//! answers `{"decision", "color", "reason", "holder", "epoch"}`); it takes
+//! the reasons and their wire names from the core, the one place they are
+//! spelled.
 
-use healthgate::{Color, HolderId};
+use healthgate_core::{Color, HolderId};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fmt;
 
-/// The reasons of the scan API that the case mix provokes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Ok,
-    Fever,
-    NotGreen,
-    Pending,
-    UnknownHolder,
-    Expired,
-    NotYetValid,
-    BadSignature,
-    UnknownIssuer,
-    Malformed,
-    AntiPassback,
-}
-
-impl Reason {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Reason::Ok => "ok",
-            Reason::Fever => "fever",
-            Reason::NotGreen => "not_green",
-            Reason::Pending => "pending",
-            Reason::UnknownHolder => "unknown_holder",
-            Reason::Expired => "expired",
-            Reason::NotYetValid => "not_yet_valid",
-            Reason::BadSignature => "bad_signature",
-            Reason::UnknownIssuer => "unknown_issuer",
-            Reason::Malformed => "malformed",
-            Reason::AntiPassback => "anti_passback",
-        }
-    }
-}
+/// The reasons of the scan API: the core's, whose wire names are the
+/// contract (a renamed reason would fail the core's pinned-code tests).
+pub use healthgate_core::policy::Reason;
 
 /// The colour the answer must show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

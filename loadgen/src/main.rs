@@ -7,8 +7,8 @@
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Parser, ValueEnum};
 use ed25519_dalek::SigningKey;
-use healthgate::population::{Mix, Population};
-use healthgate::token::KeyId;
+use healthgate_core::population::{Mix, Population};
+use healthgate_core::token::KeyId;
 use healthgate_loadgen::schedule::{parse_duration, parse_ramp, Profile, Step};
 use healthgate_loadgen::target::{load_key, Endpoint, Env};
 use healthgate_loadgen::{Api, CaseMix, Generator, Schedule, Settings, World};

@@ -3,9 +3,9 @@
 //! names.
 
 use ed25519_dalek::SigningKey;
-use healthgate::keys::{read_secret, KeyFileError};
-use healthgate::population::Population;
-use healthgate::token::KeyId;
+use healthgate_core::keyfile::{parse_secret, KeyFileError};
+use healthgate_core::population::Population;
+use healthgate_core::token::KeyId;
 use hyper::header::HeaderValue;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -19,8 +19,8 @@ pub enum TargetError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a healthgate env.json: {source}")]
     Json { path: PathBuf, source: serde_json::Error },
-    #[error(transparent)]
-    Key(#[from] KeyFileError),
+    #[error("{path}: {source}")]
+    Key { path: PathBuf, source: KeyFileError },
     #[error("bad URL {0:?}: {1}")]
     Url(String, String),
 }
@@ -62,7 +62,8 @@ impl Env {
 }
 
 pub fn load_key(path: &Path) -> Result<(KeyId, SigningKey), TargetError> {
-    Ok(read_secret(path)?)
+    let bytes = std::fs::read(path).map_err(|source| TargetError::Io { path: path.to_owned(), source })?;
+    parse_secret(&bytes).map_err(|source| TargetError::Key { path: path.to_owned(), source })
 }
 
 /// An HTTP/1.1 origin: where to connect and what to put in `Host`.

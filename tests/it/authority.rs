@@ -1,8 +1,8 @@
 //! The authority side: signed colour updates, revocations and their
 //! exported filter, daily check-ins, live reload.
 
-use healthgate::auth::Role;
 use healthgate::feed::{Change, Revocation, Target};
+use healthgate::operations::auth::Role;
 use healthgate::revocation::reader::{holder_item, ExportedFilter};
 use healthgate::state::Step;
 use healthgate::Color;
@@ -61,7 +61,7 @@ async fn refused_batches_change_nothing() {
     assert_eq!(t.push(9, vec![change(h, Color::Red, vec![])]).await.0, StatusCode::CONFLICT);
 
     // Forged: signed with the issuer key under the authority's key id.
-    let (_, wrong) = healthgate::keys::read_secret(&t.env.issuer_key).unwrap();
+    let (_, wrong) = healthgate::operations::keyfiles::read_secret(&t.env.issuer_key).unwrap();
     let forged = healthgate::feed::UpdateBatch {
         seq: 11,
         kid: String::new(),

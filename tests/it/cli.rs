@@ -163,7 +163,7 @@ fn seed_is_deterministic() {
 /// A `healthgate demo` process; killed on drop.
 struct Demo {
     child: std::process::Child,
-    env: healthgate::demo::Env,
+    env: healthgate::operations::demo::Env,
     _dir: tempfile::TempDir,
 }
 
@@ -190,7 +190,7 @@ impl Demo {
         let env_path = demo.join("env.json");
         let mut env = None;
         for _ in 0..600 {
-            if let Ok(e) = healthgate::demo::Env::load(&env_path) {
+            if let Ok(e) = healthgate::operations::demo::Env::load(&env_path) {
                 env = Some(e);
                 break;
             }
@@ -215,8 +215,13 @@ impl Demo {
     fn scan(&self, holder: &str, checkpoint: &str) -> serde_json::Value {
         let code = stdout(&hg(&["issue", "--key", self.env.issuer_key.to_str().unwrap(), "--holder", holder]));
         let body = serde_json::json!({ "code": code, "checkpoint": checkpoint, "direction": "out" }).to_string();
-        let answer =
-            http(&self.public(), "POST", "/v1/scan", self.env.api_key(healthgate::auth::Role::Turnstile), &body);
+        let answer = http(
+            &self.public(),
+            "POST",
+            "/v1/scan",
+            self.env.api_key(healthgate::operations::auth::Role::Turnstile),
+            &body,
+        );
         let json = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
         serde_json::from_str(json).unwrap_or(serde_json::Value::Null)
     }
@@ -271,7 +276,7 @@ fn demo_serves_and_stops_on_sigterm() {
 fn push_and_revoke_from_the_command_line() {
     let d = Demo::start();
     let auth = d.env.authority_key.to_str().unwrap().to_owned();
-    let key = d.env.api_key(healthgate::auth::Role::Authority).to_owned();
+    let key = d.env.api_key(healthgate::operations::auth::Role::Authority).to_owned();
     let admin = d.env.admin_url.clone();
     let green = d.env.holders["green"][0].to_hex();
     let metro = "wuhan-metro-wuchang-1";

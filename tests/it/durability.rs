@@ -1,8 +1,8 @@
 //! Nothing lost: the registration log, recovery, tracing queries, retention
 //! and storage faults, through the gateway's own interfaces.
 
+use healthgate::durability::wal::storage::FaultyStorage;
 use healthgate::feed::{Change, Revocation, Target};
-use healthgate::wal::storage::FaultyStorage;
 use healthgate::Color;
 use healthgate_tests::TestGateway;
 use http::StatusCode;
@@ -54,7 +54,7 @@ async fn tracing_queries_answer_what_was_scanned() {
     assert_eq!(t.admin_lines("/v1/admin/visits").await.0, StatusCode::BAD_REQUEST);
     assert_eq!(t.admin_lines("/v1/admin/visits?checkpoint=x&from=yesterday").await.0, StatusCode::BAD_REQUEST);
     assert_eq!(t.admin_lines("/v1/admin/holders/zz/visits").await.0, StatusCode::BAD_REQUEST);
-    let op = t.key(healthgate::auth::Role::Operator).to_owned();
+    let op = t.key(healthgate::operations::auth::Role::Operator).to_owned();
     assert_eq!(
         t.get(&t.env.admin_url.clone(), "/v1/admin/visits?checkpoint=x", Some(&op)).await.0,
         StatusCode::FORBIDDEN

@@ -1,6 +1,6 @@
 //! Bad requests get a clear JSON error and change nothing.
 
-use healthgate::auth::Role;
+use healthgate::operations::auth::Role;
 use healthgate_tests::TestGateway;
 use http::{Method, StatusCode};
 use serde_json::json;

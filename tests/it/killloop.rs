@@ -3,10 +3,10 @@
 //! restarted, twenty times over; afterwards everything acknowledged is there
 //! exactly once.
 
-use healthgate::auth::Role;
 use healthgate::clock::{Clock, SystemClock};
-use healthgate::demo::{DemoOptions, Env};
 use healthgate::feed::{Change, UpdateBatch};
+use healthgate::operations::auth::Role;
+use healthgate::operations::demo::{DemoOptions, Env};
 use healthgate::token::Claims;
 use healthgate::{Color, HolderId};
 use healthgate_tests::healthgate_bin;
@@ -81,9 +81,9 @@ fn kill_nine_never_loses_an_acknowledgement() {
     let (public, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let now = SystemClock.now();
     let opts = DemoOptions { size: 20_000, seed: 3, ..Default::default() };
-    let env: Env = healthgate::demo::prepare(dir.path(), &opts, &public, &admin, now).unwrap();
-    let (kid, issuer) = healthgate::keys::read_secret(&env.issuer_key).unwrap();
-    let (akid, authority) = healthgate::keys::read_secret(&env.authority_key).unwrap();
+    let env: Env = healthgate::operations::demo::prepare(dir.path(), &opts, &public, &admin, now).unwrap();
+    let (kid, issuer) = healthgate::operations::keyfiles::read_secret(&env.issuer_key).unwrap();
+    let (akid, authority) = healthgate::operations::keyfiles::read_secret(&env.authority_key).unwrap();
     let turnstile = env.api_key(Role::Turnstile).to_owned();
     let auth_key = env.api_key(Role::Authority).to_owned();
     let pop = env.population;
@@ -171,7 +171,15 @@ fn kill_nine_never_loses_an_acknowledgement() {
                 }
             })
         };
+        // Kill at a random moment, but only once this round has carried
+        // some traffic (a loaded machine may take a while to answer the
+        // first requests), so that every round proves something.
+        let before = acked.lock().unwrap().scans.len();
         std::thread::sleep(Duration::from_millis(100 + rng.next(300)));
+        let waiting = Instant::now();
+        while acked.lock().unwrap().scans.len() < before + 8 && waiting.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10 + rng.next(20)));
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;

@@ -1,10 +1,12 @@
 //! All end-to-end tests, one binary (see the harness in `tests/src`).
 //! Each module is named after the part of the product it guards.
 
+mod architecture;
 mod authority;
 mod cli;
 mod durability;
 mod errors;
+mod formats;
 mod killloop;
 mod rules;
 mod server;

@@ -1,7 +1,7 @@
 //! Serving: metrics, readiness, connection bounds, snapshot swaps, shutdown.
 
-use healthgate::auth::Role;
-use healthgate::service::Snapshot;
+use healthgate::gateway::LiveConfig;
+use healthgate::operations::auth::Role;
 use healthgate_tests::TestGateway;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,7 +74,7 @@ async fn snapshot_swaps_are_never_half_applied() {
         .replace("accept_issuers = [\"hubei\", \"national\"]", "accept_issuers = [\"national\"]");
     let b_path = a.path.with_file_name("b.toml");
     std::fs::write(&b_path, b_text).unwrap();
-    let b = healthgate::config::Config::load(&b_path).unwrap();
+    let b = healthgate::operations::config::Config::load(&b_path).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let swapper = {
@@ -83,7 +83,7 @@ async fn snapshot_swaps_are_never_half_applied() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let next = if n.is_multiple_of(2) { &b } else { &a };
-                gw.swap_snapshot(Snapshot::from_config(next, 0));
+                gw.swap_live(LiveConfig::from_config(next, 0));
                 n += 1;
             }
             n

@@ -1,17 +1,17 @@
 //! Test harness: starts the real gateway in-process on port 0 with a manual
 //! clock, and talks to it over real HTTP/1.1.
 //!
-//! The gateway is configured by `healthgate::demo::prepare`, the same code
+//! The gateway is configured by `healthgate::operations::demo::prepare`, the same code
 //! that `healthgate demo` runs, so the tests exercise the shipped defaults.
 
 use bytes::Bytes;
-use healthgate::auth::Role;
 use healthgate::clock::{Clock, ManualClock, SystemClock};
-use healthgate::config::Config;
-use healthgate::demo::{DemoOptions, Env};
-use healthgate::service::Gateway;
+use healthgate::durability::wal::storage::FaultyStorage;
+use healthgate::gateway::Gateway;
+use healthgate::operations::auth::Role;
+use healthgate::operations::config::Config;
+use healthgate::operations::demo::{DemoOptions, Env};
 use healthgate::token::Claims;
-use healthgate::wal::storage::FaultyStorage;
 use healthgate::{Color, HolderId};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -39,7 +39,7 @@ pub struct TestGateway {
     pub http: HttpClient,
     pub disk: Option<FaultyStorage>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), healthgate::server::RunError>>>,
+    task: Option<JoinHandle<Result<(), healthgate::serving::server::RunError>>>,
 }
 
 /// Edits the demo configuration text before the gateway starts.
@@ -63,7 +63,8 @@ impl TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let now = SystemClock.now();
         let opts = DemoOptions { size: 2_000, seed: 7, ..Default::default() };
-        let env = healthgate::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now).expect("demo");
+        let env =
+            healthgate::operations::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now).expect("demo");
         let text = std::fs::read_to_string(&env.config).expect("config");
         std::fs::write(&env.config, edit(text)).expect("config");
         Self::launch(dir, env, ManualClock::new(now), disk).await
@@ -76,17 +77,17 @@ impl TestGateway {
         disk: Option<FaultyStorage>,
     ) -> TestGateway {
         let config = Config::load(&env.config).expect("valid config");
-        let gw = healthgate::server::build(&config, Arc::new(clock.clone())).expect("gateway");
-        let listeners = healthgate::server::Listeners::bind(&config.server).await.expect("bind");
+        let gw = healthgate::serving::server::build(&config, Arc::new(clock.clone())).expect("gateway");
+        let listeners = healthgate::serving::server::Listeners::bind(&config.server).await.expect("bind");
         let (public, admin) = listeners.addrs();
         env.public_url = format!("http://{public}");
         env.admin_url = format!("http://{admin}");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = {
             let (gw, config) = (gw.clone(), config.clone());
-            let storage = disk.clone().map(|d| Box::new(d) as Box<dyn healthgate::wal::storage::Storage>);
+            let storage = disk.clone().map(|d| Box::new(d) as Box<dyn healthgate::durability::wal::storage::Storage>);
             tokio::spawn(async move {
-                healthgate::server::run_with(
+                healthgate::serving::server::run_with(
                     gw,
                     &config,
                     listeners,
@@ -177,7 +178,7 @@ impl TestGateway {
     }
 
     /// Stops the server and waits for `run` to return.
-    pub async fn shutdown(mut self) -> Result<(), healthgate::server::RunError> {
+    pub async fn shutdown(mut self) -> Result<(), healthgate::serving::server::RunError> {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -208,7 +209,7 @@ impl TestGateway {
 
     /// A fresh code for `holder`, signed by the key in `key_file`.
     pub fn code_with(&self, key_file: &Path, holder: HolderId, issued_at: u64, ttl: u64) -> String {
-        let (kid, key) = healthgate::keys::read_secret(key_file).expect("key");
+        let (kid, key) = healthgate::operations::keyfiles::read_secret(key_file).expect("key");
         Claims { kid, holder, issued_at, expires_at: issued_at + ttl, color: Color::Green, serial: rand_serial() }
             .sign(&key)
             .expect("sign")
@@ -220,7 +221,7 @@ impl TestGateway {
 
     /// A fresh code with a chosen serial.
     pub fn code_serial(&self, holder: HolderId, serial: u64) -> String {
-        let (kid, key) = healthgate::keys::read_secret(&self.env.issuer_key).expect("key");
+        let (kid, key) = healthgate::operations::keyfiles::read_secret(&self.env.issuer_key).expect("key");
         let now = self.now();
         Claims { kid, holder, issued_at: now, expires_at: now + 60, color: Color::Green, serial }
             .sign(&key)
@@ -277,7 +278,7 @@ impl TestGateway {
 
     /// Signs and posts a colour-update batch with the demo authority key.
     pub async fn push(&self, seq: u64, changes: Vec<healthgate::feed::Change>) -> (StatusCode, Value) {
-        let (kid, key) = healthgate::keys::read_secret(&self.env.authority_key).expect("authority key");
+        let (kid, key) = healthgate::operations::keyfiles::read_secret(&self.env.authority_key).expect("authority key");
         let b = healthgate::feed::UpdateBatch { seq, kid: String::new(), changes, signature: String::new() }
             .sign(kid, &key)
             .expect("sign");
@@ -286,7 +287,7 @@ impl TestGateway {
 
     /// Signs and posts a revocation batch with the demo authority key.
     pub async fn revoke(&self, seq: u64, revocations: Vec<healthgate::feed::Revocation>) -> (StatusCode, Value) {
-        let (kid, key) = healthgate::keys::read_secret(&self.env.authority_key).expect("authority key");
+        let (kid, key) = healthgate::operations::keyfiles::read_secret(&self.env.authority_key).expect("authority key");
         let b = healthgate::feed::RevocationBatch { seq, kid: String::new(), revocations, signature: String::new() }
             .sign(kid, &key)
             .expect("sign");

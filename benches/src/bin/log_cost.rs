@@ -13,8 +13,8 @@
 //! commit batch sizes seen (from the gateway's own histogram).
 
 use healthgate::clock::{Clock, SystemClock};
+use healthgate::gateway::ScanRequest;
 use healthgate::policy::Direction;
-use healthgate::service::ScanRequest;
 use healthgate::token::Claims;
 use healthgate::Color;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,19 +40,19 @@ fn main() -> anyhow::Result<()> {
 async fn run(mode: &str, seconds: u64, concurrency: usize, wait_us: Option<&str>) -> anyhow::Result<(f64, String)> {
     let dir = tempfile::tempdir()?;
     let now = SystemClock.now();
-    let opts = healthgate::demo::DemoOptions { size: 100_000, seed: 2, ..Default::default() };
-    let env = healthgate::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now)?;
+    let opts = healthgate::operations::demo::DemoOptions { size: 100_000, seed: 2, ..Default::default() };
+    let env = healthgate::operations::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now)?;
     let text = std::fs::read_to_string(&env.config)?;
     let wait = wait_us.map(|w| format!("batch_max_wait_us = {w}\n")).unwrap_or_default();
     std::fs::write(&env.config, format!("{text}\n[log]\nmode = \"{mode}\"\n{wait}"))?;
-    let config = healthgate::config::Config::load(&env.config)?;
-    let gw = healthgate::server::build(&config, Arc::new(SystemClock))?;
+    let config = healthgate::operations::config::Config::load(&env.config)?;
+    let gw = healthgate::serving::server::build(&config, Arc::new(SystemClock))?;
     {
         let (gw, config) = (gw.clone(), config.clone());
         tokio::task::spawn_blocking(move || gw.recover(&config)).await??;
     }
     gw.set_loaded();
-    let (kid, key) = healthgate::keys::read_secret(&env.issuer_key)?;
+    let (kid, key) = healthgate::operations::keyfiles::read_secret(&env.issuer_key)?;
     let greens: Vec<u64> = (0..opts.size).filter(|&i| env.population.color(i) == Color::Green).take(4096).collect();
     let codes: Arc<Vec<String>> = Arc::new(
         greens
@@ -83,7 +83,7 @@ async fn run(mode: &str, seconds: u64, concurrency: usize, wait_us: Option<&str>
                     direction,
                     temperature_c: None,
                 };
-                let out = gw.scan(&req).await.expect("scan");
+                let out = gw.scan(&gw.live(), &req).await.expect("scan");
                 assert!(out.decision.pass, "{:?}", out.decision);
                 done.fetch_add(1, Ordering::Relaxed);
                 k += 1;

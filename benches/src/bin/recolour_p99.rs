@@ -30,17 +30,17 @@ async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(5);
     let dir = tempfile::tempdir()?;
     let now = SystemClock.now();
-    let opts = healthgate::demo::DemoOptions { size: POPULATION, seed: 11, ..Default::default() };
-    let env = healthgate::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now)?;
-    let config = healthgate::config::Config::load(&env.config)?;
-    let gw = healthgate::server::build(&config, Arc::new(SystemClock))?;
-    let listeners = healthgate::server::Listeners::bind(&config.server).await?;
+    let opts = healthgate::operations::demo::DemoOptions { size: POPULATION, seed: 11, ..Default::default() };
+    let env = healthgate::operations::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now)?;
+    let config = healthgate::operations::config::Config::load(&env.config)?;
+    let gw = healthgate::serving::server::build(&config, Arc::new(SystemClock))?;
+    let listeners = healthgate::serving::server::Listeners::bind(&config.server).await?;
     let (public, admin) = listeners.addrs();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = {
         let (gw, config) = (gw.clone(), config.clone());
         tokio::spawn(async move {
-            healthgate::server::run(gw, &config, listeners, async {
+            healthgate::serving::server::run(gw, &config, listeners, async {
                 let _ = stop_rx.await;
             })
             .await
@@ -49,8 +49,8 @@ async fn main() -> anyhow::Result<()> {
     while !gw.is_ready() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (kid, issuer) = healthgate::keys::read_secret(&env.issuer_key)?;
-    let turnstile = env.api_key(healthgate::auth::Role::Turnstile).to_owned();
+    let (kid, issuer) = healthgate::operations::keyfiles::read_secret(&env.issuer_key)?;
+    let turnstile = env.api_key(healthgate::operations::auth::Role::Turnstile).to_owned();
     // Scans target holders the recolour never touches (the first 100 000
     // are recoloured), at the metro, going out (no anti-passback), so every
     // answer should be the same pass.
@@ -92,8 +92,9 @@ async fn main() -> anyhow::Result<()> {
                 let admin = format!("http://{admin}/v1/admin/updates");
                 let client = client.clone();
                 tokio::spawn(async move {
-                    let (akid, akey) = healthgate::keys::read_secret(&env.authority_key).expect("authority key");
-                    let key = env.api_key(healthgate::auth::Role::Authority).to_owned();
+                    let (akid, akey) =
+                        healthgate::operations::keyfiles::read_secret(&env.authority_key).expect("authority key");
+                    let key = env.api_key(healthgate::operations::auth::Role::Authority).to_owned();
                     let mut seq: u64 = 1;
                     let mut pushed = 0;
                     let started = Instant::now();

@@ -10,10 +10,11 @@
 //! (no snapshot in between, so both replay every record).
 
 use healthgate::clock::{Clock, SystemClock};
+use healthgate::durability::wal::record::{Event, ScanRecord};
+use healthgate::durability::wal::storage::FsStorage;
+use healthgate::durability::wal::{Recovered, Wal, WalSettings};
 use healthgate::policy::{Direction, Passback, Reason};
-use healthgate::wal::record::{Body, ScanRecord, StateEffect};
-use healthgate::wal::storage::FsStorage;
-use healthgate::wal::{Recovered, Wal, WalSettings};
+use healthgate::state::Effect;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,9 +23,9 @@ fn main() -> anyhow::Result<()> {
     let records: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
     let now = SystemClock.now();
-    let opts = healthgate::demo::DemoOptions { size: holders, seed: 4, ..Default::default() };
-    let env = healthgate::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now)?;
-    let config = healthgate::config::Config::load(&env.config)?;
+    let opts = healthgate::operations::demo::DemoOptions { size: holders, seed: 4, ..Default::default() };
+    let env = healthgate::operations::demo::prepare(dir.path(), &opts, "127.0.0.1:0", "127.0.0.1:0", now)?;
+    let config = healthgate::operations::config::Config::load(&env.config)?;
     let log = config.log.clone().expect("logging on");
 
     let started = Instant::now();
@@ -38,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     let mut last = None;
     for i in 0..records {
         let holder = env.population.holder(i % holders);
-        let body = Body::Scan(ScanRecord {
+        let body = Event::Scan(ScanRecord {
             holder: Some(holder),
             serial: i,
             checkpoint: "wuhan-metro-wuchang-1".into(),
@@ -46,7 +47,7 @@ fn main() -> anyhow::Result<()> {
             temperature_c: Some(36.5),
             pass: true,
             reason: Reason::Ok,
-            effect: StateEffect {
+            effect: Effect {
                 health: true,
                 passback: if i % 2 == 0 { Passback::Enter(2) } else { Passback::Exit },
                 color: None,
@@ -58,7 +59,9 @@ fn main() -> anyhow::Result<()> {
                     last = Some(t);
                     break;
                 }
-                Err(healthgate::wal::WalError::Overloaded) => std::thread::sleep(std::time::Duration::from_micros(200)),
+                Err(healthgate::durability::wal::WalError::Overloaded) => {
+                    std::thread::sleep(std::time::Duration::from_micros(200))
+                }
                 Err(e) => anyhow::bail!("{e}"),
             }
         }
@@ -73,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     println!("wrote {records} log records ({:.0} MiB) in {:.1?}", size as f64 / (1 << 20) as f64, started.elapsed());
 
     for label in ["recovery, index empty", "recovery, index current"] {
-        let gw = healthgate::server::build(&config, Arc::new(SystemClock))?;
+        let gw = healthgate::serving::server::build(&config, Arc::new(SystemClock))?;
         let r = gw.recover(&config)?;
         println!(
             "{label:<26} {:>7.2} s  ({} holders, {} records replayed, {} visits indexed)",

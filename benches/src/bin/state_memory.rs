@@ -4,7 +4,8 @@
 //! `cargo run --release -p healthgate-benches --bin state_memory -- 10000000`
 
 use healthgate::population::{Mix, Population};
-use healthgate::state::{HolderState, Store};
+use healthgate::state::HolderState;
+use healthgate::store::Store;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");

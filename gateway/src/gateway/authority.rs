@@ -1,0 +1,156 @@
+//! The authority's side of the gateway: signed batches of colour updates
+//! and revocations, applied all or nothing in sequence order, and the
+//! reload of the configuration files.
+//!
+//! A batch is checked (signature over its canonical encoding by a
+//! configured authority key, sequence after the last applied one), logged,
+//! applied in memory through the same function replay uses
+//! ([`Gateway::apply_feed_event`]), and answered once durable.
+
+use super::{Gateway, LiveConfig};
+use crate::durability::wal::record::Event;
+use crate::durability::wal::Ticket;
+use crate::feed::{FeedError, Revocation, RevocationBatch, UpdateBatch};
+use crate::operations::config::{Config, ConfigError};
+use crate::revocation::{FilterSettings, Revocations};
+use crate::UnixSecs;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+/// Orders authority batches against each other and colour changes against
+/// the log.
+///
+/// Authority batches take `order` for writing while they log and apply; a
+/// scan or check-in that changes a colour takes it for reading; scans that
+/// change no colour (nearly all) never touch it. So a colour change is never
+/// half-way through a batch in memory while sitting on the other side of it
+/// in the log, and replay gives back the state that was served. Std locks:
+/// nothing awaits while holding them.
+#[derive(Default)]
+pub struct FeedOrder {
+    order: RwLock<()>,
+    /// The last applied feed sequence; serialises authority batches, never
+    /// scans.
+    last_seq: Mutex<u64>,
+}
+
+impl FeedOrder {
+    /// Held by colour changes of scans and check-ins, and by snapshots
+    /// while they read the log position.
+    pub fn read_order(&self) -> RwLockReadGuard<'_, ()> {
+        self.order.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Gateway {
+    /// Applies a signed batch of colour changes, all or nothing, and
+    /// answers once it is durable. Returns the new epoch.
+    pub async fn apply_updates(&self, batch: &UpdateBatch) -> Result<u64, FeedError> {
+        let logged = batch.verify(&self.live().authority_keys).and_then(|changes| {
+            let event = Event::Updates { seq: batch.seq, changes };
+            self.in_feed_order(batch.seq, event)
+        });
+        self.settle_batch("updates", logged).await
+    }
+
+    /// Applies a signed batch of revocations, all or nothing, and answers
+    /// once it is durable. Returns the new epoch.
+    pub async fn apply_revocations(&self, batch: &RevocationBatch) -> Result<u64, FeedError> {
+        let logged = batch.verify(&self.live().authority_keys).and_then(|()| {
+            let event = Event::Revocations { seq: batch.seq, entries: batch.revocations.clone() };
+            self.in_feed_order(batch.seq, event)
+        });
+        self.settle_batch("revocations", logged).await
+    }
+
+    /// Logs and applies the batch `event` with sequence `seq` if it comes
+    /// after the last applied one, holding the feed order for writing: the
+    /// batch is logged and applied with no colour change of a scan between,
+    /// and a snapshot (which reads the log position under the read lock)
+    /// never sees it half-applied.
+    fn in_feed_order(&self, seq: u64, event: Event) -> Result<(u64, Option<Ticket>), FeedError> {
+        let _order = self.feed.order.write().unwrap_or_else(|e| e.into_inner());
+        let last = *self.feed.last_seq.lock().unwrap_or_else(|e| e.into_inner());
+        if seq <= last {
+            return Err(FeedError::Replay { got: seq, last });
+        }
+        let now = self.now();
+        // Log first: if the log refuses, nothing changes. The log keeps its
+        // own copy (it outlives this call in the writer's queue).
+        let ticket = self.log(now, || event.clone()).map_err(|e| FeedError::Unavailable(e.to_string()))?;
+        let epoch = self.apply_feed_event(&event, now);
+        Ok((epoch, ticket))
+    }
+
+    /// Waits for a logged batch to be durable, and counts it.
+    async fn settle_batch(
+        &self,
+        kind: &str,
+        logged: Result<(u64, Option<Ticket>), FeedError>,
+    ) -> Result<u64, FeedError> {
+        let result = match logged {
+            Ok((epoch, ticket)) => {
+                Self::wait_durable(ticket).await.map(|()| epoch).map_err(|e| FeedError::Unavailable(e.to_string()))
+            }
+            Err(e) => Err(e),
+        };
+        let r = match &result {
+            Ok(_) => "applied",
+            Err(FeedError::Malformed(_)) => "malformed",
+            Err(FeedError::Unauthenticated(_)) => "unauthenticated",
+            Err(FeedError::Replay { .. }) => "replay",
+            Err(FeedError::Unavailable(_)) => "unavailable",
+        };
+        self.metrics().feed_batches.with_label_values(&[kind, r]).inc();
+        result
+    }
+
+    /// A new revocation set with `entries` added (rebuilt whole: scans in
+    /// flight keep the old one).
+    pub(crate) fn add_revocations(&self, entries: &[Revocation], now: UnixSecs, settings: FilterSettings) {
+        let current = self.revocations.load();
+        let next = current.with(entries, now, current.version() + 1, settings);
+        self.metrics().revocations.set(next.len() as i64);
+        self.revocations.store(Arc::new(next));
+    }
+
+    pub(crate) fn revocations(&self) -> arc_swap::Guard<Arc<Revocations>> {
+        self.revocations.load()
+    }
+
+    /// Moves the feed position forward to `seq` (never back).
+    pub(crate) fn set_feed_seq_at_least(&self, seq: u64) {
+        let mut last = self.feed.last_seq.lock().unwrap_or_else(|e| e.into_inner());
+        *last = (*last).max(seq);
+        self.metrics().feed_last_seq.set(i64::try_from(*last).unwrap_or(i64::MAX));
+    }
+
+    pub fn last_feed_seq(&self) -> u64 {
+        *self.feed.last_seq.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current revocation filter export and its version.
+    pub fn revocation_export(&self) -> (u64, bytes::Bytes) {
+        let r = self.revocations.load();
+        (r.version(), r.export())
+    }
+
+    /// Re-reads the configuration and trust list and swaps the live
+    /// configuration whole; on any error the running one stays. Listener
+    /// settings (addresses, limits) take effect only at the next start.
+    pub fn reload(&self) -> Result<u64, ConfigError> {
+        let result = Config::load(&self.config_path).map(|c| {
+            let filter_changed = c.revocation_filter != self.live().revocation_filter;
+            let g = self.swap_live(LiveConfig::from_config(&c, 0));
+            if filter_changed {
+                self.revocations.store(Arc::new(self.revocations.load().resized(c.revocation_filter)));
+            }
+            g
+        });
+        self.metrics().reloads.with_label_values(&[if result.is_ok() { "ok" } else { "refused" }]).inc();
+        match &result {
+            Ok(g) => tracing::info!(generation = g, "configuration reloaded"),
+            Err(e) => tracing::warn!(error = %e, "configuration reload refused; keeping the running one"),
+        }
+        result
+    }
+}

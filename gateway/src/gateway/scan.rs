@@ -1,0 +1,321 @@
+//! The request side of the gateway: scans, daily check-ins and holder
+//! status. Each request loads the live configuration once (the caller
+//! passes it in), verifies the code through the one verification path
+//! ([`crate::verify::verify`]), then decides and applies under the holder's
+//! entry lock.
+
+use super::effect::settle;
+use super::{Gateway, LiveConfig};
+use crate::clock::UnixSecs;
+use crate::color::Color;
+use crate::durability::wal::record::{Event, ScanRecord};
+use crate::durability::wal::{Mode, Ticket, WalError};
+use crate::holder::HolderId;
+use crate::policy::{self, Decision, Direction, Reason, ScanInput, Shown};
+use crate::state::{Effect, Passback, Step};
+use crate::store::Update;
+use crate::token::RawToken;
+use crate::verify::verify;
+use serde::Serialize;
+
+/// A scan request as the HTTP layer parsed it.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanRequest<'a> {
+    pub code: &'a str,
+    pub checkpoint: &'a str,
+    pub direction: Direction,
+    pub temperature_c: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScanOutcome {
+    pub decision: Decision,
+    /// The holder the code names, once it decoded (verified or not).
+    pub holder: Option<HolderId>,
+    pub epoch: u64,
+}
+
+/// A request the gateway refuses to decide: the device is misconfigured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("unknown checkpoint")]
+    UnknownCheckpoint,
+    #[error("this checkpoint measures temperature: temperature_c is required")]
+    TemperatureRequired,
+    #[error("temperature_c must be a reading between 30 and 45")]
+    TemperatureOutOfRange,
+    #[error("not ready")]
+    NotReady,
+    #[error("{0}")]
+    Unavailable(WalError),
+}
+
+/// A holder's status for inspectors and the authority.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HolderStatus {
+    pub holder: HolderId,
+    pub stored_color: Color,
+    #[serde(with = "crate::clock::serde_rfc3339")]
+    pub stored_since: UnixSecs,
+    /// The colour after scheduled steps that have come due.
+    pub color: Color,
+    #[serde(with = "crate::clock::serde_rfc3339")]
+    pub since: UnixSecs,
+    pub reason: &'static str,
+    pub steps: Vec<Step>,
+    pub last_health_record: Option<String>,
+    /// Regions whose validity window the last health record is inside of.
+    pub health_record_fresh_in: Vec<String>,
+    pub inside: bool,
+    pub epoch: u64,
+}
+
+/// A daily health check-in (rule 8), authenticated by the holder's code.
+#[derive(Debug, Clone)]
+pub struct CheckinRequest<'a> {
+    pub code: &'a str,
+    pub temperature_c: f64,
+    pub symptoms: &'a [String],
+    pub region: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CheckinOutcome {
+    pub color: Color,
+    pub reason: &'static str,
+    pub health_record: Option<String>,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckinError {
+    #[error("code not accepted: {0}")]
+    BadCode(&'static str),
+    #[error("unknown holder")]
+    UnknownHolder,
+    #[error("already checked in today")]
+    AlreadyToday,
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("not ready")]
+    NotReady,
+    #[error("{0}")]
+    Unavailable(WalError),
+}
+
+/// What the scan path's critical section ends with.
+enum Locked {
+    Done(Decision, Option<Ticket>),
+    /// The decision changes a colour: redo it holding the feed order.
+    NeedColorLock,
+    Failed(WalError),
+}
+
+impl Gateway {
+    /// Decides one scan, applies its effect and answers once the decision
+    /// is durable (strict mode) or at once (async mode). `live` is the
+    /// configuration the caller loaded for this request (and checked the
+    /// caller's key against).
+    pub async fn scan(&self, live: &LiveConfig, req: &ScanRequest<'_>) -> Result<ScanOutcome, ScanError> {
+        let (outcome, ticket) = self.scan_nowait(live, req)?;
+        if self.wal.get().is_some_and(|w| w.mode() == Mode::Strict) {
+            Self::wait_durable(ticket).await.map_err(ScanError::Unavailable)?;
+        }
+        Ok(outcome)
+    }
+
+    /// The synchronous part of [`Gateway::scan`]: decide, apply, log. The
+    /// ticket resolves when the registration is durable.
+    pub fn scan_nowait(
+        &self,
+        live: &LiveConfig,
+        req: &ScanRequest<'_>,
+    ) -> Result<(ScanOutcome, Option<Ticket>), ScanError> {
+        if !self.loaded.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ScanError::NotReady);
+        }
+        if self.wal.get().is_some_and(|w| w.is_failed()) {
+            return Err(ScanError::Unavailable(WalError::Failed));
+        }
+        let place = live.policy.place(req.checkpoint).ok_or(ScanError::UnknownCheckpoint)?;
+        match req.temperature_c {
+            Some(t) if !(30.0..=45.0).contains(&t) => return Err(ScanError::TemperatureOutOfRange),
+            None if place.class.requires_temperature => return Err(ScanError::TemperatureRequired),
+            _ => {}
+        }
+        let now = self.clock.now();
+        let record = |holder: Option<HolderId>, serial: u64, d: &Decision, effect: Effect| {
+            Event::Scan(ScanRecord {
+                holder,
+                serial,
+                checkpoint: req.checkpoint.to_owned(),
+                direction: req.direction,
+                temperature_c: req.temperature_c.map(|t| t as f32),
+                pass: d.pass,
+                reason: d.reason,
+                effect,
+            })
+        };
+        // A code refused before the holder is read changes no state: log
+        // the refusal and go.
+        let refuse = |holder: Option<HolderId>, serial: u64, reason: Reason| {
+            let d = Decision::deny(Shown::Unknown, reason);
+            let ticket =
+                self.log(now, || record(holder, serial, &d, Effect::default())).map_err(ScanError::Unavailable)?;
+            Ok((ScanOutcome { decision: d, holder, epoch: self.store.epoch() }, ticket))
+        };
+        let Ok(raw) = RawToken::decode(req.code) else { return refuse(None, 0, Reason::Malformed) };
+        let (holder, serial) = (raw.claims.holder, raw.claims.serial);
+        let revocations = self.revocations.load();
+        let token = match verify(&raw, live.trust(), Some(place.region), Some(&revocations), now) {
+            Ok(v) => {
+                if v.filter_false_positive {
+                    self.metrics.revocation_false_positives.inc();
+                }
+                v.token
+            }
+            Err(e) => return refuse(Some(holder), serial, e.reason()),
+        };
+        let input = ScanInput { direction: req.direction, temperature_c: req.temperature_c };
+        let mut color_guard = None;
+        loop {
+            let have_color_lock = color_guard.is_some();
+            let locked = self.store.update(&holder, now, |entry| {
+                let Some((view, state)) = entry else {
+                    let d = policy::decide(&token, place, None, input, now).0;
+                    return match self.log(now, || record(Some(holder), serial, &d, Effect::default())) {
+                        Ok(t) => Update::Commit(Locked::Done(d, t), None),
+                        Err(e) => Update::Abort(Locked::Failed(e)),
+                    };
+                };
+                let (d, effect) = policy::decide(&token, place, Some(view), input, now);
+                if effect.color.is_some() && !have_color_lock {
+                    return Update::Abort(Locked::NeedColorLock);
+                }
+                // Log first, under the holder's lock: if the log refuses,
+                // nothing changes.
+                let ticket = match self.log(now, || record(Some(holder), serial, &d, effect.clone())) {
+                    Ok(t) => t,
+                    Err(e) => return Update::Abort(Locked::Failed(e)),
+                };
+                Update::Commit(Locked::Done(d, ticket), settle(state, &effect, now, None))
+            });
+            match locked {
+                Locked::Done(decision, ticket) => {
+                    let outcome = ScanOutcome { decision, holder: Some(holder), epoch: self.store.epoch() };
+                    return Ok((outcome, ticket));
+                }
+                Locked::Failed(e) => return Err(ScanError::Unavailable(e)),
+                Locked::NeedColorLock => color_guard = Some(self.feed.read_order()),
+            }
+        }
+    }
+
+    /// A daily health check-in: once per holder per calendar day of the
+    /// region; a fever or any symptom turns a green holder yellow for the
+    /// region's quarantine time, a normal one refreshes the health record.
+    pub async fn checkin(&self, live: &LiveConfig, req: &CheckinRequest<'_>) -> Result<CheckinOutcome, CheckinError> {
+        let (outcome, ticket) = self.checkin_nowait(live, req)?;
+        Self::wait_durable(ticket).await.map_err(CheckinError::Unavailable)?;
+        Ok(outcome)
+    }
+
+    fn checkin_nowait(
+        &self,
+        live: &LiveConfig,
+        req: &CheckinRequest<'_>,
+    ) -> Result<(CheckinOutcome, Option<Ticket>), CheckinError> {
+        if !self.loaded.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(CheckinError::NotReady);
+        }
+        if !(30.0..=45.0).contains(&req.temperature_c) {
+            return Err(CheckinError::BadRequest("temperature_c must be a reading between 30 and 45"));
+        }
+        if req.symptoms.len() > 16 || req.symptoms.iter().any(|s| s.is_empty() || s.len() > 64) {
+            return Err(CheckinError::BadRequest("symptoms: at most 16 names of 1 to 64 characters"));
+        }
+        let regions = live.policy.regions();
+        let region = match req.region {
+            Some(name) => regions.iter().find(|r| r.name == name).ok_or(CheckinError::BadRequest("unknown region"))?,
+            None => live.default_region.map(|i| &regions[i]).ok_or(CheckinError::BadRequest("region is required"))?,
+        };
+        let now = self.clock.now();
+        let raw = RawToken::decode(req.code).map_err(|_| CheckinError::BadCode(Reason::Malformed.as_str()))?;
+        verify(&raw, live.trust(), Some(region), Some(&self.revocations.load()), now)
+            .map_err(|e| CheckinError::BadCode(e.reason().as_str()))?;
+        let today = region.day_of(now);
+        let unwell = req.temperature_c >= region.fever_threshold_c || !req.symptoms.is_empty();
+        // A check-in may change a colour: it always orders itself against
+        // authority batches (check-ins are rare next to scans).
+        let _order = self.feed.read_order();
+        let holder = raw.claims.holder;
+        let result = self.store.update(&holder, now, |entry| {
+            let Some((view, state)) = entry else { return Update::Abort(Err(CheckinError::UnknownHolder)) };
+            if state.checkin_day() == Some(today) {
+                return Update::Abort(Err(CheckinError::AlreadyToday));
+            }
+            let mut effect = Effect { health: !unwell, passback: Passback::None, color: None };
+            let mut color = view.color;
+            if unwell && color == Color::Green {
+                let until = now + region.fever_quarantine_s;
+                effect.color = Some((Color::Yellow, vec![Step { until, then: Color::Green }]));
+                color = Color::Yellow;
+            }
+            let health_at = if effect.health { Some(now) } else { state.health_at() };
+            let reason = policy::standing(color, !unwell && policy::health_record_fresh(health_at, region, now));
+            let logged = self.log(now, || Event::Checkin {
+                holder,
+                day: today,
+                temperature_c: req.temperature_c as f32,
+                symptoms: req.symptoms.len() as u8,
+                effect: effect.clone(),
+            });
+            let ticket = match logged {
+                Ok(t) => t,
+                Err(e) => return Update::Abort(Err(CheckinError::Unavailable(e))),
+            };
+            let change = settle(state, &effect, now, Some(today));
+            let health_record = state.health_at().map(crate::clock::format_rfc3339);
+            Update::Commit(Ok((color, reason, health_record, ticket)), change)
+        });
+        let label = match &result {
+            Ok(_) if unwell => "unwell",
+            Ok(_) => "normal",
+            Err(CheckinError::AlreadyToday) => "duplicate",
+            Err(_) => "refused",
+        };
+        self.metrics.checkins.with_label_values(&[label]).inc();
+        let (color, reason, health_record, ticket) = result?;
+        Ok((CheckinOutcome { color, reason: reason.as_str(), health_record, epoch: self.store.epoch() }, ticket))
+    }
+
+    pub fn holder_status(&self, live: &LiveConfig, id: &HolderId) -> Option<HolderStatus> {
+        let now = self.clock.now();
+        let epoch = self.store.epoch();
+        self.store.read(id, now, |v| {
+            let v = v?;
+            let health = v.state.health_at();
+            let fresh: Vec<String> = live
+                .policy
+                .regions()
+                .iter()
+                .filter(|r| policy::health_record_fresh(health, r, now))
+                .map(|r| r.name.clone())
+                .collect();
+            let reason = policy::standing(v.color, !fresh.is_empty());
+            Some(HolderStatus {
+                holder: *id,
+                stored_color: v.state.color(),
+                stored_since: v.state.since(),
+                color: v.color,
+                since: v.since,
+                reason: reason.as_str(),
+                steps: v.steps.to_vec(),
+                last_health_record: health.map(crate::clock::format_rfc3339),
+                health_record_fresh_in: fresh,
+                inside: v.state.inside().is_some(),
+                epoch,
+            })
+        })
+    }
+}

@@ -1,0 +1,10 @@
+//! Operations: what an operator touches besides the API: configuration,
+//! API keys by role, Prometheus metrics, key files, the demo deployment and
+//! the small HTTP client the CLI uses to push authority batches.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod keyfiles;
+pub mod metrics;

@@ -1,0 +1,6 @@
+//! Serving: the HTTP layer (listeners, connection limits, routing, the one
+//! place errors become statuses), and the server's run
+//! loop. The only part of the server that knows hyper.
+
+pub mod http;
+pub mod server;

@@ -1,0 +1,508 @@
+//! The HTTP layer: listeners, connections, routing, and the one place where
+//! errors become status codes and JSON. The only module that knows hyper.
+//!
+//! Every connection is bounded: a semaphore caps how many are open (one
+//! over the cap is closed at once and counted), hyper's timer makes the
+//! header-read timeout real (slowloris), the read buffer caps header size,
+//! bodies are read with a length limit and a deadline. Shutdown stops
+//! accepting, lets in-flight requests finish within a grace period, then
+//! closes what is left.
+
+use crate::feed::{FeedError, RevocationBatch, UpdateBatch};
+use crate::gateway::{CheckinError, CheckinRequest, Gateway, LiveConfig, ScanError, ScanRequest};
+use crate::holder::HolderId;
+use crate::operations::auth::Role;
+use crate::operations::config::ServerSettings;
+use crate::operations::metrics::Listener;
+use crate::policy::Direction;
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Every answer is one buffer, except the tracing queries, which stream.
+type Body = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
+
+/// An error answer. Built anywhere, turned into a response in one place.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: Cow<'static, str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+    fn bad_request(m: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, m)
+    }
+}
+
+impl From<FeedError> for ApiError {
+    fn from(e: FeedError) -> Self {
+        let status = match e {
+            FeedError::Malformed(_) => StatusCode::BAD_REQUEST,
+            FeedError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            FeedError::Replay { .. } => StatusCode::CONFLICT,
+            FeedError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<CheckinError> for ApiError {
+    fn from(e: CheckinError) -> Self {
+        let status = match e {
+            CheckinError::BadCode(_) => StatusCode::UNAUTHORIZED,
+            CheckinError::UnknownHolder => StatusCode::NOT_FOUND,
+            CheckinError::AlreadyToday => StatusCode::CONFLICT,
+            CheckinError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CheckinError::NotReady | CheckinError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<ScanError> for ApiError {
+    fn from(e: ScanError) -> Self {
+        let status = match e {
+            ScanError::NotReady | ScanError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(b.into()))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn ok_json<T: Serialize>(value: &T) -> Response<Body> {
+    json_response(StatusCode::OK, serde_json::to_vec(value).expect("serialisable"))
+}
+
+fn error_response(gw: &Gateway, e: ApiError) -> Response<Body> {
+    gw.metrics().rejected_requests.with_label_values(&[e.status.as_str()]).inc();
+    let mut r = json_response(e.status, serde_json::to_vec(&serde_json::json!({ "error": e.message })).expect("json"));
+    if e.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// Serves one listener until `shutdown` resolves, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    which: Listener,
+    gw: Arc<Gateway>,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    let settings = Arc::new(settings);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a little
+                    // rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            gw.metrics().rejected_connections(which).inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let gw2 = gw.clone();
+        let s2 = settings.clone();
+        let svc = service_fn(move |req| {
+            let gw = gw2.clone();
+            let s = s2.clone();
+            async move { Ok::<_, Infallible>(route(&gw, which, &s, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        let open = gw.metrics().open_connections(which).clone();
+        tokio::spawn(async move {
+            open.inc();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            open.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(listener = which.as_str(), "grace period over; closing remaining connections");
+    }
+}
+
+async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<Incoming>) -> Response<Body> {
+    let result = match (which, req.method(), req.uri().path()) {
+        (_, &Method::GET, "/healthz") => Ok(ok_json(&serde_json::json!({ "status": "alive" }))),
+        (_, &Method::GET, "/readyz") => Ok(readyz(gw)),
+        (Listener::Public, &Method::POST, "/v1/scan") => scan(gw, s, req).await,
+        (Listener::Public, &Method::GET, p) if p.starts_with("/v1/holders/") => holder(gw, &req),
+        (Listener::Public, &Method::POST, "/v1/checkins") => checkin(gw, s, req).await,
+        (Listener::Public, &Method::GET, "/v1/revocations/filter") => revocation_filter(gw, &req),
+        (Listener::Admin, &Method::GET, "/metrics") => Ok(metrics(gw)),
+        (Listener::Admin, &Method::POST, "/v1/admin/updates") => updates(gw, s, req).await,
+        (Listener::Admin, &Method::POST, "/v1/admin/revocations") => revocations(gw, s, req).await,
+        (Listener::Admin, &Method::POST, "/v1/admin/reload") => reload(gw, &req),
+        (Listener::Admin, &Method::GET, "/v1/admin/feed") => feed_state(gw, &req),
+        (Listener::Admin, &Method::GET, "/v1/admin/visits") => visits(gw, &req, None).await,
+        (Listener::Admin, &Method::GET, p) if p.starts_with("/v1/admin/holders/") && p.ends_with("/visits") => {
+            let hex = &p["/v1/admin/holders/".len()..p.len() - "/visits".len()];
+            match hex.parse::<HolderId>() {
+                Ok(h) => visits(gw, &req, Some(h)).await,
+                Err(e) => Err(ApiError::bad_request(e.to_string())),
+            }
+        }
+        (
+            Listener::Admin,
+            _,
+            "/metrics" | "/v1/admin/updates" | "/v1/admin/revocations" | "/v1/admin/reload" | "/v1/admin/feed",
+        )
+        | (Listener::Public, _, "/v1/scan" | "/v1/checkins" | "/v1/revocations/filter")
+        | (_, _, "/healthz" | "/readyz") => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
+    };
+    result.unwrap_or_else(|e| error_response(gw, e))
+}
+
+fn readyz(gw: &Gateway) -> Response<Body> {
+    let ready = gw.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_response(status, serde_json::to_vec(&serde_json::json!({ "ready": ready })).expect("json"))
+}
+
+fn metrics(gw: &Gateway) -> Response<Body> {
+    let body = gw.metrics_text();
+    let mut r = Response::new(full(body));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+/// Loads the live configuration (once for the whole request: the caller
+/// passes it on), checks the bearer key against it and that the key's role
+/// is one of `allowed`.
+fn authorize(gw: &Gateway, req: &Request<Incoming>, allowed: &[Role]) -> Result<Arc<LiveConfig>, ApiError> {
+    let key = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"))?;
+    let live = gw.live();
+    let role = live.keys.role_of(key).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown key"))?;
+    if allowed.contains(&role) {
+        Ok(arc_swap::Guard::into_inner(live))
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, format!("role {role} may not do this")))
+    }
+}
+
+/// Reads a body of at most `limit` bytes within `deadline`.
+async fn read_body(req: Request<Incoming>, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes"));
+    if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    let body = Limited::new(req.into_body(), limit);
+    match tokio::time::timeout(deadline, body.collect()).await {
+        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body not received in time")),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::bad_request("could not read body")),
+    }
+}
+
+/// Parses a JSON body. On failure it parses again, tracking the path, so
+/// that the error names the field ("temperature_c: invalid type ...")
+/// without slowing down the requests that are fine.
+fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let detail = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Err(pe) if !pe.path().to_string().is_empty() && pe.path().to_string() != "." => {
+                format!("{}: {}", pe.path(), pe.inner())
+            }
+            _ => e.to_string(),
+        };
+        ApiError::bad_request(format!("invalid {what}: {detail}"))
+    })
+}
+
+#[derive(Deserialize)]
+struct ScanBody<'a> {
+    #[serde(borrow)]
+    code: Cow<'a, str>,
+    #[serde(borrow)]
+    checkpoint: Cow<'a, str>,
+    #[serde(default)]
+    direction: Direction,
+    temperature_c: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct ScanAnswer {
+    decision: &'static str,
+    color: &'static str,
+    reason: &'static str,
+    holder: Option<String>,
+    epoch: u64,
+}
+
+async fn scan(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let started = Instant::now();
+    let live = authorize(gw, &req, &[Role::Turnstile, Role::Inspector])?;
+    let bytes = read_body(req, s.max_body_bytes, s.body_read_timeout).await?;
+    let body: ScanBody<'_> = parse_json(&bytes, "scan request")?;
+    let outcome = gw
+        .scan(
+            &live,
+            &ScanRequest {
+                code: &body.code,
+                checkpoint: &body.checkpoint,
+                direction: body.direction,
+                temperature_c: body.temperature_c,
+            },
+        )
+        .await?;
+    let d = outcome.decision;
+    let answer = ScanAnswer {
+        decision: d.decision_str(),
+        color: d.color.as_str(),
+        reason: d.reason.as_str(),
+        holder: outcome.holder.map(|h| h.masked()),
+        epoch: outcome.epoch,
+    };
+    let response = ok_json(&answer);
+    gw.metrics().record_scan(&d, started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+fn holder(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let live = authorize(gw, req, &[Role::Inspector, Role::Authority])?;
+    let hex = &req.uri().path()["/v1/holders/".len()..];
+    let id: HolderId =
+        hex.parse().map_err(|e: crate::holder::ParseHolderError| ApiError::bad_request(e.to_string()))?;
+    let status = gw.holder_status(&live, &id).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown holder"))?;
+    Ok(ok_json(&status))
+}
+
+#[derive(Deserialize)]
+struct CheckinBody {
+    code: String,
+    temperature_c: f64,
+    #[serde(default)]
+    symptoms: Vec<String>,
+    region: Option<String>,
+}
+
+/// `POST /v1/checkins`: no device key; the holder's own code authenticates.
+async fn checkin(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let bytes = read_body(req, s.max_body_bytes, s.body_read_timeout).await?;
+    let body: CheckinBody = parse_json(&bytes, "check-in")?;
+    let live = arc_swap::Guard::into_inner(gw.live());
+    let outcome = gw
+        .checkin(
+            &live,
+            &CheckinRequest {
+                code: &body.code,
+                temperature_c: body.temperature_c,
+                symptoms: &body.symptoms,
+                region: body.region.as_deref(),
+            },
+        )
+        .await?;
+    Ok(ok_json(&outcome))
+}
+
+/// `GET /v1/revocations/filter`: the Bloom filter for offline apps, with
+/// its version as the ETag.
+fn revocation_filter(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, req, &Role::ALL)?;
+    let (version, body) = gw.revocation_export();
+    let etag = format!("\"{version}\"");
+    let unchanged = req
+        .headers()
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut r = if unchanged {
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(full(body));
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        r
+    };
+    r.headers_mut().insert(http::header::ETAG, HeaderValue::from_str(&etag).expect("digits and quotes"));
+    r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(r)
+}
+
+#[derive(Serialize)]
+struct Applied {
+    epoch: u64,
+    seq: u64,
+    applied: usize,
+}
+
+async fn updates(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, &req, &[Role::Authority])?;
+    let bytes = read_body(req, s.max_admin_body_bytes, s.admin_body_read_timeout).await?;
+    let batch: UpdateBatch = parse_json(&bytes, "update batch")?;
+    let epoch = gw.apply_updates(&batch).await?;
+    Ok(ok_json(&Applied { epoch, seq: batch.seq, applied: batch.changes.len() }))
+}
+
+async fn revocations(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, &req, &[Role::Authority])?;
+    let bytes = read_body(req, s.max_admin_body_bytes, s.admin_body_read_timeout).await?;
+    let batch: RevocationBatch = parse_json(&bytes, "revocation batch")?;
+    let epoch = gw.apply_revocations(&batch).await?;
+    Ok(ok_json(&Applied { epoch, seq: batch.seq, applied: batch.revocations.len() }))
+}
+
+fn reload(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, req, &[Role::Operator, Role::Authority])?;
+    let generation = gw.reload().map_err(|e| ApiError::bad_request(format!("reload refused: {e}")))?;
+    Ok(ok_json(&serde_json::json!({ "generation": generation, "epoch": gw.store().epoch() })))
+}
+
+fn feed_state(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, req, &[Role::Operator, Role::Authority])?;
+    Ok(ok_json(&serde_json::json!({ "last_seq": gw.last_feed_seq(), "epoch": gw.store().epoch() })))
+}
+
+/// The value of `name` in a query string, percent-decoded (`+` is kept as
+/// is: RFC 3339 offsets use it).
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    let q = query?;
+    let raw = q.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn time_param(req: &Request<Incoming>, name: &str, default: u64) -> Result<u64, ApiError> {
+    match query_param(req.uri().query(), name) {
+        None => Ok(default),
+        Some(s) => crate::clock::parse_rfc3339(&s).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))),
+    }
+}
+
+/// `GET /v1/admin/visits?checkpoint=ID&from=&to=` and
+/// `GET /v1/admin/holders/{hex}/visits?from=&to=`: JSON lines, streamed.
+async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, req, &[Role::Authority])?;
+    let from = time_param(req, "from", 0)?;
+    let to = time_param(req, "to", u64::MAX)?;
+    let checkpoint = match holder {
+        Some(_) => None,
+        None => Some(
+            query_param(req.uri().query(), "checkpoint")
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| ApiError::bad_request("checkpoint is required"))?,
+        ),
+    };
+    let index = gw.visit_index().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tracing index unavailable (log.mode is off, or the index failed: restart to rebuild it from the log)",
+        )
+    })?;
+    // Read your writes: everything acknowledged before the query is in it.
+    gw.index_caught_up().await;
+    let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(8);
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(64 << 10);
+        let mut open = true;
+        let mut emit = |v: crate::durability::visits::Visit| {
+            if serde_json::to_writer(&mut buf, &v).is_err() {
+                return false;
+            }
+            buf.push(b'\n');
+            if buf.len() >= 60 << 10 {
+                let chunk = Bytes::from(std::mem::take(&mut buf));
+                open = handle.block_on(tx.send_data(chunk)).is_ok();
+            }
+            open
+        };
+        let result = match (&holder, &checkpoint) {
+            (Some(h), _) => index.by_holder(h, from, to, &mut emit),
+            (None, Some(c)) => index.by_checkpoint(c, from, to, &mut emit),
+            (None, None) => Ok(()),
+        };
+        match result {
+            Ok(()) if !buf.is_empty() => {
+                let _ = handle.block_on(tx.send_data(Bytes::from(buf)));
+            }
+            Ok(()) => {}
+            // The status is already sent: end the stream with an error so
+            // the client sees a broken body, never a silently short one.
+            Err(e) => {
+                tracing::error!(error = %e, "tracing query failed mid-stream");
+                tx.abort(std::io::Error::other(e.to_string()));
+            }
+        }
+    });
+    let mut r = Response::new(Either::Right(body));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}

@@ -1,0 +1,190 @@
+//! Running the gateway: bind, load state, serve both listeners, drain.
+//!
+//! `main` parses arguments and configuration and calls [`run`] with bound
+//! listeners and a shutdown future; tests call it the same way with port 0
+//! and their own shutdown, in-process.
+
+use crate::clock::Clock;
+use crate::gateway::Gateway;
+use crate::operations::config::{Config, ServerSettings};
+use crate::operations::metrics::Listener;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("recovering state: {0}")]
+    Recovery(#[from] crate::gateway::PersistError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Task(String),
+}
+
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(s: &ServerSettings) -> Result<Listeners, RunError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
+        };
+        Ok(Listeners { public: bind(s.public_addr).await?, admin: bind(s.admin_addr).await? })
+    }
+
+    pub fn addrs(&self) -> (SocketAddr, SocketAddr) {
+        (
+            self.public.local_addr().expect("bound socket has an address"),
+            self.admin.local_addr().expect("bound socket has an address"),
+        )
+    }
+}
+
+/// Builds the gateway for `config` (state not yet loaded).
+pub fn build(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<Gateway>, RunError> {
+    let registry = prometheus::Registry::new();
+    Ok(Arc::new(Gateway::new(config, clock, registry)?))
+}
+
+/// Serves until `shutdown` resolves. Listeners answer `/readyz` with 503
+/// while the state file loads, then the gateway turns ready.
+pub async fn run(
+    gw: Arc<Gateway>,
+    config: &Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    run_with(gw, config, listeners, shutdown, None).await
+}
+
+/// [`run`] with the log on the given storage (tests).
+pub async fn run_with(
+    gw: Arc<Gateway>,
+    config: &Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    storage: Option<Box<dyn crate::durability::wal::storage::Storage>>,
+) -> Result<(), RunError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let public = tokio::spawn(crate::serving::http::serve(
+        listeners.public,
+        Listener::Public,
+        gw.clone(),
+        config.server.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let admin = tokio::spawn(crate::serving::http::serve(
+        listeners.admin,
+        Listener::Admin,
+        gw.clone(),
+        config.server.clone(),
+        stopped(stop_rx),
+    ));
+
+    let recovered = {
+        let (gw2, config2) = (gw.clone(), config.clone());
+        tokio::task::spawn_blocking(move || gw2.recover_with(&config2, storage))
+            .await
+            .map_err(|e| RunError::Task(e.to_string()))?
+    };
+    let result = match recovered {
+        Ok(r) => {
+            tracing::info!(
+                holders = r.holders,
+                snapshot_lsn = r.snapshot_lsn,
+                replayed = r.replayed,
+                indexed = r.indexed,
+                truncated_bytes = r.truncated_bytes,
+                ms = r.elapsed.as_millis() as u64,
+                "state recovered"
+            );
+            gw.set_loaded();
+            tracing::info!("ready");
+            let reloader = tokio::spawn(reload_on_sighup(gw.clone()));
+            let background = config
+                .log
+                .as_ref()
+                .map(|l| tokio::spawn(housekeeping(gw.clone(), l.snapshot_interval, l.purge_interval)));
+            shutdown.await;
+            reloader.abort();
+            if let Some(b) = background {
+                b.abort();
+            }
+            tracing::info!("shutting down: draining");
+            Ok(())
+        }
+        Err(e) => Err(RunError::Recovery(e)),
+    };
+    gw.start_draining();
+    let _ = stop_tx.send(true);
+    let _ = public.await;
+    let _ = admin.await;
+    // In-flight requests are answered; write a last snapshot and close the log.
+    let gw2 = gw.clone();
+    let _ = tokio::task::spawn_blocking(move || gw2.close_log()).await;
+    result
+}
+
+/// Periodic snapshots and retention purges, off the request path.
+async fn housekeeping(gw: Arc<Gateway>, snapshot_every: std::time::Duration, purge_every: std::time::Duration) {
+    let mut snap = tokio::time::interval(snapshot_every);
+    let mut purge = tokio::time::interval(purge_every);
+    snap.tick().await;
+    loop {
+        tokio::select! {
+            _ = snap.tick() => {
+                let g = gw.clone();
+                match tokio::task::spawn_blocking(move || g.write_snapshot()).await {
+                    Ok(Ok(lsn)) => tracing::debug!(lsn, "snapshot written"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "snapshot failed"),
+                    Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
+                }
+            }
+            _ = purge.tick() => {
+                let g = gw.clone();
+                let now = gw.now();
+                match tokio::task::spawn_blocking(move || g.purge(now)).await {
+                    Ok(Ok((v, s))) if v + s > 0 => tracing::info!(visits = v, segments = s, "retention purge"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "retention purge failed"),
+                    Err(e) => tracing::warn!(error = %e, "retention purge task failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// SIGHUP re-reads the configuration, like `POST /v1/admin/reload`.
+async fn reload_on_sighup(gw: Arc<Gateway>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; reload with POST /v1/admin/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        // Errors are logged and counted by `reload`; the running snapshot stays.
+        let _ = gw.reload();
+    }
+}
