@@ -16,6 +16,7 @@ pub mod demo;
 pub mod feed;
 pub mod holder;
 pub mod http;
+pub mod inspect;
 pub mod keys;
 pub mod metrics;
 pub mod persist;
