@@ -5,6 +5,7 @@ mod authority;
 mod cli;
 mod durability;
 mod errors;
+mod inspect;
 mod killloop;
 mod rules;
 mod server;
