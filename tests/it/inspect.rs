@@ -46,9 +46,11 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["content-type"], "text/html; charset=utf-8");
     let page = String::from_utf8(body.to_vec()).unwrap();
-    for (file, content_type) in
-        [("app.js", "text/javascript; charset=utf-8"), ("app.css", "text/css; charset=utf-8"), ("icon.svg", "image/svg+xml")]
-    {
+    for (file, content_type) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("app.css", "text/css; charset=utf-8"),
+        ("icon.svg", "image/svg+xml"),
+    ] {
         assert!(page.contains(&format!("\"{file}\"")), "the page loads {file}");
         let (s, h, body) = call(&t, Method::GET, &format!("{public}/inspect/{file}"), None, None, vec![]).await;
         assert_eq!(s, StatusCode::OK, "{file}");
@@ -110,6 +112,9 @@ async fn the_checkpoint_list_is_for_inspectors_and_follows_the_configuration() {
     assert_eq!(find(t.checkpoint("metro"))["measures_temperature"], false);
 }
 
+/// A frame request that must be refused: URL, key, Content-Type, body, status.
+type Refusal<'a> = (String, Option<&'a str>, Option<&'a str>, Vec<u8>, StatusCode);
+
 /// The QR image `healthgate issue --qr` writes, and the text it printed.
 fn issued_png(t: &TestGateway) -> (Vec<u8>, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -158,7 +163,7 @@ async fn camera_frames_are_read_for_inspectors_and_change_nothing() {
     assert_eq!(json(&body)["code"], Value::Null);
 
     // Refusals, each with its status and a message.
-    let cases: Vec<(String, Option<&str>, Option<&str>, Vec<u8>, StatusCode)> = vec![
+    let cases: Vec<Refusal<'_>> = vec![
         (url.clone(), None, Some("image/png"), png.clone(), StatusCode::UNAUTHORIZED),
         (url.clone(), Some(t.key(Role::Turnstile)), Some("image/png"), png.clone(), StatusCode::FORBIDDEN),
         (url.clone(), Some(t.key(Role::Authority)), Some("image/png"), png.clone(), StatusCode::FORBIDDEN),
