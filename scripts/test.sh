@@ -20,3 +20,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The CLI tests run the real binaries: build them first.
 cargo build --workspace --bins
 cargo test --workspace
+# The inspector's page in headless Chromium (installs what it needs).
+scripts/browser-test.sh

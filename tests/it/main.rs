@@ -7,6 +7,7 @@ mod cli;
 mod durability;
 mod errors;
 mod formats;
+mod inspect;
 mod killloop;
 mod rules;
 mod server;

@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+mod inspect;
+
 /// Every answer is one buffer, except the tracing queries, which stream.
 type Body = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
 
@@ -182,6 +184,9 @@ async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<I
         (Listener::Public, &Method::GET, p) if p.starts_with("/v1/holders/") => holder(gw, &req),
         (Listener::Public, &Method::POST, "/v1/checkins") => checkin(gw, s, req).await,
         (Listener::Public, &Method::GET, "/v1/revocations/filter") => revocation_filter(gw, &req),
+        (Listener::Public, &Method::GET, "/v1/checkpoints") => inspect::checkpoints(gw, &req),
+        (Listener::Public, &Method::POST, "/v1/inspect/decode") => inspect::decode(gw, req).await,
+        (Listener::Public, &Method::GET, p) if p == "/inspect" || p.starts_with("/inspect/") => inspect::page(p),
         (Listener::Admin, &Method::GET, "/metrics") => Ok(metrics(gw)),
         (Listener::Admin, &Method::POST, "/v1/admin/updates") => updates(gw, s, req).await,
         (Listener::Admin, &Method::POST, "/v1/admin/revocations") => revocations(gw, s, req).await,
@@ -200,7 +205,11 @@ async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<I
             _,
             "/metrics" | "/v1/admin/updates" | "/v1/admin/revocations" | "/v1/admin/reload" | "/v1/admin/feed",
         )
-        | (Listener::Public, _, "/v1/scan" | "/v1/checkins" | "/v1/revocations/filter")
+        | (
+            Listener::Public,
+            _,
+            "/v1/scan" | "/v1/checkins" | "/v1/revocations/filter" | "/v1/checkpoints" | "/v1/inspect/decode",
+        )
         | (_, _, "/healthz" | "/readyz") => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
     };
