@@ -11,3 +11,4 @@ mod inspect;
 mod killloop;
 mod rules;
 mod server;
+mod shadow;
