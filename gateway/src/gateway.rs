@@ -35,6 +35,7 @@ use crate::durability::wal::{Ticket, Wal, WalError};
 use crate::operations::auth::ApiKeys;
 use crate::operations::config::{Config, LogSettings};
 use crate::operations::metrics::Metrics;
+use crate::operations::tls::Certificates;
 use crate::policy::Policy;
 use crate::revocation::{FilterSettings, Revocations};
 use crate::store::Store;
@@ -105,6 +106,8 @@ pub struct Gateway {
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     shadow: shadow::ShadowMetrics,
+    /// The certificate served over TLS, when `[tls]` is configured.
+    certificates: Option<Arc<Certificates>>,
     /// Where `metrics` is registered; passed in, never global.
     registry: prometheus::Registry,
     /// False until the state file is loaded.
@@ -133,6 +136,7 @@ impl Gateway {
         let metrics = Metrics::new(&registry)?;
         let shadow = shadow::ShadowMetrics::new(&registry)?;
         shadow.active.set(i64::from(config.candidate_policy.is_some()));
+        let certificates = config.tls.as_ref().map(|t| Certificates::new(&t.material, &registry)).transpose()?;
         // The filter's hash seed: random, so that nobody can aim codes at
         // its false positives.
         let seed: [u8; 32] = rand::random();
@@ -142,6 +146,7 @@ impl Gateway {
             clock,
             metrics,
             shadow,
+            certificates,
             registry,
             loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -162,6 +167,11 @@ impl Gateway {
         // the registry refused at registration.
         let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
         out
+    }
+
+    /// The certificate store both TLS listeners resolve from.
+    pub fn certificates(&self) -> Option<&Arc<Certificates>> {
+        self.certificates.as_ref()
     }
 
     pub fn store(&self) -> &Store {

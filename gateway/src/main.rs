@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use healthgate::clock::{format_rfc3339, parse_rfc3339, Clock, SystemClock};
 use healthgate::feed::{Change, Revocation, RevocationBatch, Target, UpdateBatch};
+use healthgate::operations::client::ApiClient;
 use healthgate::population::{Mix, Population};
 use healthgate::state::Step;
 use healthgate::token::{Claims, KeyId, DEFAULT_SKEW_SECS, DEFAULT_TTL_SECS};
@@ -137,6 +138,10 @@ enum Command {
         public: String,
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: String,
+        /// Serve HTTPS on both listeners, with a certificate from a private
+        /// CA written to DIR/tls/ca.pem (named in env.json as ca_cert).
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -146,9 +151,12 @@ struct FeedTarget {
     /// Authority secret key file.
     #[arg(long)]
     key: PathBuf,
-    /// Admin base URL, e.g. http://127.0.0.1:9090.
+    /// Admin base URL, e.g. http://127.0.0.1:9090 (or https://...).
     #[arg(long)]
     admin: String,
+    /// PEM file of the CA that signed the gateway's certificate (https only).
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// API key of the authority role.
     #[arg(long)]
     api_key: String,
@@ -301,8 +309,8 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
             let config = healthgate::operations::config::Config::load(&config).map_err(usage)?;
             serve(config, None)?;
         }
-        Command::Demo { dir, size, seed, public, admin } => {
-            let opts = healthgate::operations::demo::DemoOptions { size, seed, ..Default::default() };
+        Command::Demo { dir, size, seed, public, admin, tls } => {
+            let opts = healthgate::operations::demo::DemoOptions { size, seed, tls, ..Default::default() };
             let env = healthgate::operations::demo::prepare(&dir, &opts, &public, &admin, SystemClock.now())
                 .with_context(|| format!("preparing {}", dir.display()))?;
             let config = healthgate::operations::config::Config::load(&env.config).map_err(usage)?;
@@ -343,14 +351,15 @@ fn send_batches(
     let (kid, signing) = healthgate::operations::keyfiles::read_secret(&t.key).map_err(usage)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
     rt.block_on(async {
+        let client = ApiClient::new(&t.admin, &t.api_key, t.ca.as_deref()).map_err(usage)?;
         let first = match t.seq {
             Some(s) => s,
-            None => next_seq(&t.admin, &t.api_key).await?,
+            None => next_seq(&client).await?,
         };
         let mut epoch = 0;
         for i in 0..count {
             let body = make(first + i as u64, i, kid, &signing)?;
-            epoch = post_batch(&t.admin, path, &t.api_key, body).await?;
+            epoch = post_batch(&client, path, body).await?;
         }
         println!("{epoch}");
         Ok(ExitCode::SUCCESS)
@@ -358,23 +367,18 @@ fn send_batches(
 }
 
 /// One past the gateway's last applied feed sequence.
-async fn next_seq(admin: &str, api_key: &str) -> Result<u64, Failure> {
-    let url = format!("{}/v1/admin/feed", admin.trim_end_matches('/'));
-    let (status, v) = healthgate::operations::client::request(http::Method::GET, &url, api_key, None)
-        .await
-        .map_err(anyhow::Error::from)?;
+async fn next_seq(client: &ApiClient) -> Result<u64, Failure> {
+    let (status, v) = client.request(http::Method::GET, "/v1/admin/feed", None).await.map_err(anyhow::Error::from)?;
     if !status.is_success() {
-        return Err(Failure::Failed(anyhow::anyhow!("{url}: {status}: {}", v["error"].as_str().unwrap_or("refused"))));
+        let why = v["error"].as_str().unwrap_or("refused");
+        return Err(Failure::Failed(anyhow::anyhow!("/v1/admin/feed: {status}: {why}")));
     }
     Ok(v["last_seq"].as_u64().unwrap_or(0) + 1)
 }
 
 /// Posts a signed batch; returns the new epoch or the server's reason.
-async fn post_batch(admin: &str, path: &str, api_key: &str, body: Vec<u8>) -> Result<u64, Failure> {
-    let url = format!("{}{path}", admin.trim_end_matches('/'));
-    let (status, v) = healthgate::operations::client::request(http::Method::POST, &url, api_key, Some(body))
-        .await
-        .map_err(anyhow::Error::from)?;
+async fn post_batch(client: &ApiClient, path: &str, body: Vec<u8>) -> Result<u64, Failure> {
+    let (status, v) = client.request(http::Method::POST, path, Some(body)).await.map_err(anyhow::Error::from)?;
     if !status.is_success() {
         let why = v["error"].as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
         return Err(Failure::Failed(anyhow::anyhow!("refused ({status}): {why}")));
@@ -411,8 +415,10 @@ fn serve(
         let (public, admin) = listeners.addrs();
         tracing::info!(%public, %admin, "listening");
         if let Some((mut env, dir)) = demo {
-            env.public_url = format!("http://{public}");
-            env.admin_url = format!("http://{admin}");
+            let scheme = |on: bool| if on { "https" } else { "http" };
+            let tls = config.tls.as_ref();
+            env.public_url = format!("{}://{public}", scheme(tls.is_some_and(|t| t.public)));
+            env.admin_url = format!("{}://{admin}", scheme(tls.is_some_and(|t| t.admin)));
             env.write(&dir)?;
             let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "healthgate".into());
             println!("{}", healthgate::operations::demo::walkthrough(&env, &exe));

@@ -12,3 +12,4 @@ mod killloop;
 mod rules;
 mod server;
 mod shadow;
+mod tls;

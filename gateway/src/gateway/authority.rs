@@ -134,13 +134,18 @@ impl Gateway {
         (r.version(), r.export())
     }
 
-    /// Re-reads the configuration and trust list and swaps the live
-    /// configuration whole; on any error the running one stays. Listener
-    /// settings (addresses, limits) take effect only at the next start.
+    /// Re-reads the configuration and trust list (and the TLS certificate)
+    /// and swaps the live configuration whole; on any error the running one
+    /// stays. Listener settings (addresses, limits, which listeners speak
+    /// TLS) take effect only at the next start.
     pub fn reload(&self) -> Result<u64, ConfigError> {
         let result = Config::load(&self.config_path).map(|c| {
             let filter_changed = c.revocation_filter != self.live().revocation_filter;
             let g = self.swap_live(LiveConfig::from_config(&c, 0));
+            // A renewed certificate is served from the next handshake.
+            if let (Some(certs), Some(tls)) = (&self.certificates, &c.tls) {
+                certs.replace(&tls.material);
+            }
             if filter_changed {
                 self.revocations.store(Arc::new(self.revocations.load().resized(c.revocation_filter)));
             }

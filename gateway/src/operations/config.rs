@@ -79,6 +79,8 @@ pub struct RawConfig {
     pub checkpoints: Vec<RawCheckpoint>,
     /// Region of a daily check-in that names none.
     pub default_region: Option<String>,
+    /// HTTPS on the listeners (rustls).
+    pub tls: Option<RawTls>,
     /// A candidate policy file (shadow rules): every scan is also decided
     /// under it, without effect, and disagreements are counted.
     pub candidate_policy: Option<PathBuf>,
@@ -88,6 +90,17 @@ pub struct RawConfig {
     pub revocations: RawRevocations,
     #[serde(default)]
     pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first, relative to the configuration file.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+    /// Which listeners speak HTTPS: `public`, `admin` (default both).
+    pub listeners: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +236,9 @@ pub struct Config {
     pub policy: Policy,
     /// Shadow rules: decided beside `policy` on every scan, never applied.
     pub candidate_policy: Option<Policy>,
+    /// HTTPS: the certificate is re-read on reload; which listeners speak
+    /// it takes effect at the next start.
+    pub tls: Option<crate::operations::tls::TlsSettings>,
     pub trust: TrustList,
     pub authority_keys: Vec<(KeyId, VerifyingKey)>,
     pub revocation_filter: FilterSettings,
@@ -301,6 +317,25 @@ impl Config {
         let candidate_policy = match &raw.candidate_policy {
             None => None,
             Some(file) => Some(load_candidate(&base.join(file), &trust, &policy)?),
+        };
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => {
+                let (cert, key) = (base.join(&t.cert), base.join(&t.key));
+                let material = crate::operations::tls::load(&cert, &key).map_err(|e| invalid("tls", e.to_string()))?;
+                let listeners = t.listeners.unwrap_or_else(|| vec!["public".into(), "admin".into()]);
+                if let Some(bad) = listeners.iter().find(|l| *l != "public" && *l != "admin") {
+                    return Err(invalid("tls.listeners", format!("{bad:?} is neither \"public\" nor \"admin\"")));
+                }
+                let on = |l: &str| listeners.iter().any(|x| x == l);
+                Some(crate::operations::tls::TlsSettings {
+                    cert,
+                    key,
+                    public: on("public"),
+                    admin: on("admin"),
+                    material: std::sync::Arc::new(material),
+                })
+            }
         };
         let region_names: Vec<&str> = policy.regions().iter().map(|r| r.name.as_str()).collect();
         let default_region = match raw.default_region {
@@ -397,6 +432,7 @@ impl Config {
             keys,
             policy,
             candidate_policy,
+            tls,
             trust,
             authority_keys,
             revocation_filter,

@@ -24,11 +24,14 @@ pub struct DemoOptions {
     pub size: u64,
     pub seed: u64,
     pub mix: Mix,
+    /// Serve both listeners over HTTPS with a certificate from a private
+    /// CA made for the demo (`DIR/tls/ca.pem`, named in env.json).
+    pub tls: bool,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { size: 100_000, seed: 1, mix: Mix::default() }
+        DemoOptions { size: 100_000, seed: 1, mix: Mix::default(), tls: false }
     }
 }
 
@@ -53,6 +56,9 @@ pub struct Env {
     pub checkpoints: BTreeMap<String, Vec<String>>,
     pub holders: BTreeMap<String, Vec<HolderId>>,
     pub population: Population,
+    /// The CA that signed the demo's certificate, when it serves HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Env {
@@ -218,6 +224,12 @@ admit_fever = true
         authority_pk = hexpk(&authority)
     );
     let config_path = dir.join("healthgate.toml");
+    let ca_cert = if opts.tls { Some(write_tls(&dir, public, admin, now)?) } else { None };
+    let config = if opts.tls {
+        format!("{config}\n# HTTPS on both listeners; the certificate is re-read on reload.\n[tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n")
+    } else {
+        config
+    };
     std::fs::write(&config_path, config)?;
 
     let population = Population { seed: opts.seed, size: opts.size, mix: opts.mix };
@@ -256,7 +268,33 @@ admit_fever = true
         checkpoints,
         holders,
         population,
+        ca_cert,
     })
+}
+
+/// A private CA and a certificate for localhost, 127.0.0.1 and the
+/// listeners' hosts, valid for a year, under `DIR/tls/`; returns the CA
+/// file's path.
+fn write_tls(dir: &Path, public: &str, admin: &str, now: UnixSecs) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let host = |a: &str| a.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned());
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    for h in [host(public), host(admin)].into_iter().flatten() {
+        if !h.is_empty() && h != "0.0.0.0" && !names.contains(&h) {
+            names.push(h);
+        }
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let (ca, cert, key) = crate::operations::tls::generate(&names, now, 365).map_err(std::io::Error::other)?;
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls)?;
+    std::fs::write(tls.join("ca.pem"), ca)?;
+    std::fs::write(tls.join("cert.pem"), cert)?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tls.join("key.pem"))?;
+    std::io::Write::write_all(&mut f, key.as_bytes())?;
+    Ok(tls.join("ca.pem"))
 }
 
 /// The walkthrough printed once the demo serves: one command per decision.
@@ -266,9 +304,13 @@ pub fn walkthrough(env: &Env, exe: &str) -> String {
     let rail = &env.checkpoints["rail"][0];
     let key = env.api_key(Role::Turnstile);
     let issuer = env.issuer_key.display();
+    let curl = match &env.ca_cert {
+        Some(ca) => format!("curl -s --cacert {}", ca.display()),
+        None => "curl -s".to_owned(),
+    };
     let scan = |code: String, checkpoint: &str, extra: &str| {
         format!(
-            "curl -s -H 'Authorization: Bearer {key}' -d \"{{\\\"code\\\":\\\"{code}\\\",\\\"checkpoint\\\":\\\"{checkpoint}\\\"{extra}}}\" {}/v1/scan; echo",
+            "{curl} -H 'Authorization: Bearer {key}' -d \"{{\\\"code\\\":\\\"{code}\\\",\\\"checkpoint\\\":\\\"{checkpoint}\\\"{extra}}}\" {}/v1/scan; echo",
             env.public_url
         )
     };
@@ -304,10 +346,10 @@ pub fn walkthrough(env: &Env, exe: &str) -> String {
         out.push_str(&format!("\n# {what}\n{cmd}\n"));
     }
     out.push_str(&format!(
-        "\n# a holder's status (inspector key)\ncurl -s -H 'Authorization: Bearer {}' {}/v1/holders/{green}; echo\n",
+        "\n# a holder's status (inspector key)\n{curl} -H 'Authorization: Bearer {}' {}/v1/holders/{green}; echo\n",
         env.api_key(Role::Inspector),
         env.public_url
     ));
-    out.push_str(&format!("\n# metrics\ncurl -s {}/metrics | grep healthgate_scans_total\n", env.admin_url));
+    out.push_str(&format!("\n# metrics\n{curl} {}/metrics | grep healthgate_scans_total\n", env.admin_url));
     out
 }

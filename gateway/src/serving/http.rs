@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 mod inspect;
 
@@ -114,12 +115,15 @@ fn error_response(gw: &Gateway, e: ApiError) -> Response<Body> {
     r
 }
 
-/// Serves one listener until `shutdown` resolves, then drains.
+/// Serves one listener until `shutdown` resolves, then drains. With `tls`,
+/// every connection is a TLS handshake first (bounded by the header-read
+/// timeout), then the same HTTP/1.1.
 pub async fn serve(
     listener: TcpListener,
     which: Listener,
     gw: Arc<Gateway>,
     settings: ServerSettings,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_connections));
@@ -146,25 +150,19 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let gw2 = gw.clone();
-        let s2 = settings.clone();
-        let svc = service_fn(move |req| {
-            let gw = gw2.clone();
-            let s = s2.clone();
-            async move { Ok::<_, Infallible>(route(&gw, which, &s, req).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout)
-            .max_buf_size(settings.max_header_bytes)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        let open = gw.metrics().open_connections(which).clone();
+        let (gw, settings, watcher, tls) = (gw.clone(), settings.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
+            let open = gw.metrics().open_connections(which).clone();
             open.inc();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match tls {
+                None => connection(TokioIo::new(stream), gw, which, settings, watcher).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => connection(TokioIo::new(s), gw, which, settings, watcher).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake not done within the header-read timeout"),
+                    }
+                }
             }
             open.dec();
             drop(permit);
@@ -173,6 +171,29 @@ pub async fn serve(
     drop(listener);
     if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = which.as_str(), "grace period over; closing remaining connections");
+    }
+}
+
+/// One HTTP/1.1 connection, plain or over TLS, watched for graceful
+/// shutdown.
+async fn connection<I>(io: I, gw: Arc<Gateway>, which: Listener, settings: Arc<ServerSettings>, graceful: Watcher)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let s2 = settings.clone();
+    let svc = service_fn(move |req| {
+        let gw = gw.clone();
+        let s = s2.clone();
+        async move { Ok::<_, Infallible>(route(&gw, which, &s, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes)
+        .keep_alive(true)
+        .serve_connection(io, svc);
+    if let Err(e) = graceful.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

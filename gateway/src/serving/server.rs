@@ -74,6 +74,12 @@ pub async fn run_with(
     storage: Option<Box<dyn crate::durability::wal::storage::Storage>>,
 ) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // One rustls configuration, resolving the certificate the gateway holds
+    // (swapped on reload), for the listeners `[tls]` names.
+    let acceptor = gw.certificates().map(|c| tokio_rustls::TlsAcceptor::from(c.server_config()));
+    let tls_on = |on: fn(&crate::operations::tls::TlsSettings) -> bool| {
+        config.tls.as_ref().filter(|t| on(t)).and(acceptor.clone())
+    };
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -82,6 +88,7 @@ pub async fn run_with(
         Listener::Public,
         gw.clone(),
         config.server.clone(),
+        tls_on(|t| t.public),
         stopped(stop_rx.clone()),
     ));
     let admin = tokio::spawn(crate::serving::http::serve(
@@ -89,6 +96,7 @@ pub async fn run_with(
         Listener::Admin,
         gw.clone(),
         config.server.clone(),
+        tls_on(|t| t.admin),
         stopped(stop_rx),
     ));
 
