@@ -281,10 +281,12 @@ impl Gateway {
             Body::Updates { seq, changes } => {
                 self.store().apply_changes(changes, rec.at);
                 self.set_feed_seq_at_least(*seq);
+                self.metrics().feed_last_batch_time.set(i64::try_from(rec.at).unwrap_or(i64::MAX));
             }
             Body::Revocations { seq, entries } => {
                 self.add_revocations(entries, rec.at, self.snapshot().revocation_filter);
                 self.set_feed_seq_at_least(*seq);
+                self.metrics().feed_last_batch_time.set(i64::try_from(rec.at).unwrap_or(i64::MAX));
             }
             Body::Checkin { holder, day, effect, .. } => self.replay_effect(*holder, rec.at, effect, Some(*day)),
         }
@@ -387,6 +389,18 @@ impl Gateway {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The log's and the index's gauges, read at scrape time.
+    pub(crate) fn refresh_durability_gauges(&self) {
+        let m = self.metrics();
+        let Some(wal) = self.wal.get() else { return };
+        m.log_failed.set(i64::from(wal.is_failed()));
+        if let Some(d) = self.durability.get() {
+            let lag = wal.durable_lsn().saturating_sub(d.indexed.load(Ordering::Acquire));
+            m.index_lag_records.set(i64::try_from(lag).unwrap_or(i64::MAX));
+            m.index_failed.set(i64::from(d.index_failed.load(Ordering::Acquire)));
         }
     }
 

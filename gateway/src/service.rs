@@ -435,9 +435,11 @@ impl Gateway {
         if seq <= *last {
             return Err(FeedError::Replay { got: seq, last: *last });
         }
-        let result = apply(self.clock.now())?;
+        let now = self.clock.now();
+        let result = apply(now)?;
         *last = seq;
         self.metrics.feed_last_seq.set(i64::try_from(seq).unwrap_or(i64::MAX));
+        self.metrics.feed_last_batch_time.set(i64::try_from(now).unwrap_or(i64::MAX));
         Ok(result)
     }
 
@@ -609,6 +611,7 @@ impl Gateway {
             g
         });
         self.metrics.reloads.with_label_values(&[if result.is_ok() { "ok" } else { "refused" }]).inc();
+        self.metrics.reload_ok.set(i64::from(result.is_ok()));
         match &result {
             Ok(g) => tracing::info!(generation = g, "configuration reloaded"),
             Err(e) => tracing::warn!(error = %e, "configuration reload refused; keeping the running one"),
@@ -659,5 +662,6 @@ impl Gateway {
         }
         self.metrics.epoch.set(i64::try_from(self.store.epoch()).unwrap_or(i64::MAX));
         self.metrics.ready.set(i64::from(self.is_ready()));
+        self.refresh_durability_gauges();
     }
 }

@@ -3,8 +3,10 @@
 
 mod authority;
 mod cli;
+mod contract;
 mod durability;
 mod errors;
 mod killloop;
+mod metrics;
 mod rules;
 mod server;

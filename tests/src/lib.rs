@@ -4,6 +4,8 @@
 //! The gateway is configured by `healthgate::demo::prepare`, the same code
 //! that `healthgate demo` runs, so the tests exercise the shipped defaults.
 
+pub mod tools;
+
 use bytes::Bytes;
 use healthgate::auth::Role;
 use healthgate::clock::{Clock, ManualClock, SystemClock};
