@@ -41,6 +41,9 @@ if ! cmp -s scripts/requirements-test.txt "$venv/requirements-test.txt"; then
   cp scripts/requirements-test.txt "$venv/requirements-test.txt"
 fi
 
+# cargo-deb, for the package test (pinned in the script).
+scripts/build-deb.sh --install-tool
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The CLI tests run the real binaries: build them first.

@@ -8,5 +8,7 @@ mod durability;
 mod errors;
 mod killloop;
 mod metrics;
+mod monitoring;
+mod package;
 mod rules;
 mod server;

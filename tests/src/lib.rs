@@ -4,6 +4,7 @@
 //! The gateway is configured by `healthgate::demo::prepare`, the same code
 //! that `healthgate demo` runs, so the tests exercise the shipped defaults.
 
+pub mod promql;
 pub mod tools;
 
 use bytes::Bytes;

@@ -84,6 +84,17 @@ pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::
     }
 }
 
+/// A child process that is killed (by its process id) and reaped when
+/// dropped, so that a failing test leaves nothing running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The last few kilobytes of a tool's output, for a failure message.
 pub fn tail(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
