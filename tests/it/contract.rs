@@ -17,6 +17,7 @@ const MAX_EXAMPLES: &str = "8";
 
 #[test]
 fn the_gateway_serves_its_contract_and_keeps_it_under_fuzzing() {
+    let _heavy = healthgate_tests::tools::heavy();
     let schemathesis = venv_tool("schemathesis");
     let spec = workspace_root().join("docs/openapi.yaml");
     let document = std::fs::read_to_string(&spec).unwrap();

@@ -216,8 +216,15 @@ enum Check {
     Healthy(String),
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_rule_and_dashboard_expression_returns_data_on_a_live_prometheus() {
+#[test]
+fn every_rule_and_dashboard_expression_returns_data_on_a_live_prometheus() {
+    // Held for the whole run, outside the runtime: nothing awaits the lock.
+    let _heavy = healthgate_tests::tools::heavy();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(live_check());
+}
+
+async fn live_check() {
     let d = Demo::start();
     let admin = d.env.admin_url.trim_start_matches("http://").to_owned();
     let prometheus = Prometheus::start(&admin).await;

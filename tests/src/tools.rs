@@ -84,6 +84,16 @@ pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::
     }
 }
 
+/// Taken by the tests that load the whole machine (external fuzzers, a
+/// live Prometheus with a load generator, the kill loop), so that they run
+/// one after another instead of starving each other; the rest of the suite
+/// still runs beside them.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed test poisons the lock; the next one may still run.
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A child process that is killed (by its process id) and reaped when
 /// dropped, so that a failing test leaves nothing running.
 pub struct KillOnDrop(pub Child);
