@@ -237,5 +237,6 @@ impl Gateway {
         }
         self.metrics.epoch.set(i64::try_from(self.store.epoch()).unwrap_or(i64::MAX));
         self.metrics.ready.set(i64::from(self.is_ready()));
+        self.refresh_durability_gauges();
     }
 }

@@ -161,14 +161,14 @@ fn seed_is_deterministic() {
 }
 
 /// A `healthgate demo` process; killed on drop.
-struct Demo {
-    child: std::process::Child,
-    env: healthgate::operations::demo::Env,
-    _dir: tempfile::TempDir,
+pub(crate) struct Demo {
+    pub(crate) child: std::process::Child,
+    pub(crate) env: healthgate::operations::demo::Env,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 impl Demo {
-    fn start() -> Demo {
+    pub(crate) fn start() -> Demo {
         let dir = tempfile::tempdir().unwrap();
         let demo = dir.path().join("demo");
         let child = Command::new(healthgate_bin())
@@ -207,7 +207,7 @@ impl Demo {
         panic!("demo never became ready");
     }
 
-    fn public(&self) -> String {
+    pub(crate) fn public(&self) -> String {
         self.env.public_url.trim_start_matches("http://").to_owned()
     }
 
@@ -368,7 +368,7 @@ fn sighup_reloads_the_configuration() {
     assert!(passed, "SIGHUP did not reload the configuration");
 }
 
-fn http(addr: &str, method: &str, path: &str, key: &str, body: &str) -> String {
+pub(crate) fn http(addr: &str, method: &str, path: &str, key: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(addr) else { return String::new() };
     let _ = s.write_all(

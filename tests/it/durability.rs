@@ -167,6 +167,7 @@ async fn an_fsync_failure_stops_acknowledgements_and_loses_nothing_acknowledged(
     assert_eq!(t.scan_json(body).await.0, StatusCode::SERVICE_UNAVAILABLE);
     let m = t.metrics().await;
     assert!(m.contains("healthgate_ready 0"), "the ready gauge follows");
+    assert!(m.contains("healthgate_log_failed 1"), "the log's failure shows");
     // Power loss; the disk works again after the repair.
     disk.fail_syncs(false);
     let t = t.crash_and_restart().await;

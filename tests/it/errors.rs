@@ -107,6 +107,18 @@ async fn unknown_routes_and_methods() {
     assert_eq!(t.get(&url, "/metrics", None).await.0, StatusCode::NOT_FOUND);
 }
 
+/// `/v1/admin/holders/visits` both starts with the holder prefix and ends
+/// with the visits suffix, and the two overlap: once a slicing panic.
+#[tokio::test]
+async fn overlapping_tracing_path_is_a_bad_request_not_a_panic() {
+    let t = TestGateway::start().await;
+    let (admin, key) = (t.env.admin_url.clone(), t.key(healthgate::serving::auth::Role::Authority).to_owned());
+    for path in ["/v1/admin/holders/visits", "/v1/admin/holders//visits", "/v1/admin/holders/isits/visits"] {
+        let (s, v) = t.get(&admin, path, Some(&key)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {v}");
+    }
+}
+
 #[tokio::test]
 async fn rule12_origin_fields_change_nothing() {
     let t = TestGateway::start().await;

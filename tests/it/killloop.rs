@@ -77,6 +77,7 @@ fn wait_ready(admin: &str, child: &mut std::process::Child) {
 
 #[test]
 fn kill_nine_never_loses_an_acknowledgement() {
+    let _heavy = healthgate_tests::tools::heavy();
     let dir = tempfile::tempdir().unwrap();
     let (public, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let now = SystemClock.now();

@@ -4,11 +4,15 @@
 mod architecture;
 mod authority;
 mod cli;
+mod contract;
 mod durability;
 mod errors;
 mod formats;
 mod inspect;
 mod killloop;
+mod metrics;
+mod monitoring;
+mod package;
 mod rules;
 mod server;
 mod shadow;

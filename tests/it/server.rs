@@ -23,7 +23,7 @@ async fn promtool_accepts_a_real_scrape() {
         "healthgate_holders{color=\"green\"}",
         "healthgate_state_epoch",
         "healthgate_open_connections{listener=\"public\"}",
-        "healthgate_build_info{version=",
+        "healthgate_build_info{profile=",
         "healthgate_ready 1",
     ] {
         assert!(text.contains(want), "metrics lack {want}");

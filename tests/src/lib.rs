@@ -4,6 +4,9 @@
 //! The gateway is configured by `healthgate::operations::demo::prepare`, the same code
 //! that `healthgate demo` runs, so the tests exercise the shipped defaults.
 
+pub mod promql;
+pub mod tools;
+
 use bytes::Bytes;
 use healthgate::clock::{Clock, ManualClock, SystemClock};
 use healthgate::durability::wal::storage::FaultyStorage;

@@ -152,6 +152,7 @@ impl Gateway {
             g
         });
         self.metrics().reloads.with_label_values(&[if result.is_ok() { "ok" } else { "refused" }]).inc();
+        self.metrics().reload_ok.set(i64::from(result.is_ok()));
         match &result {
             Ok(g) => tracing::info!(generation = g, "configuration reloaded"),
             Err(e) => tracing::warn!(error = %e, "configuration reload refused; keeping the running one"),

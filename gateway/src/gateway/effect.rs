@@ -29,6 +29,9 @@ impl Gateway {
     /// Returns the new epoch. Other events are applied where they are
     /// decided (under the holder's entry lock) and are ignored here.
     pub(crate) fn apply_feed_event(&self, event: &Event, at: UnixSecs) -> u64 {
+        if matches!(event, Event::Updates { .. } | Event::Revocations { .. }) {
+            self.metrics.feed_last_batch_time.set(i64::try_from(at).unwrap_or(i64::MAX));
+        }
         match event {
             Event::Updates { seq, changes } => {
                 let epoch = self.store.apply_changes(changes, at);

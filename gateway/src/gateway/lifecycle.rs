@@ -240,6 +240,18 @@ impl Gateway {
         }
     }
 
+    /// The log's and the index's gauges, read at scrape time.
+    pub(crate) fn refresh_durability_gauges(&self) {
+        let m = self.metrics();
+        let Some(wal) = self.wal.get() else { return };
+        m.log_failed.set(i64::from(wal.is_failed()));
+        if let Some(d) = self.durable.get() {
+            let lag = wal.durable_lsn().saturating_sub(d.indexer.indexed_lsn());
+            m.index_lag_records.set(i64::try_from(lag).unwrap_or(i64::MAX));
+            m.index_failed.set(i64::from(d.indexer.has_failed()));
+        }
+    }
+
     /// The tracing index, unless logging is off or the indexer failed.
     pub fn visit_index(&self) -> Option<Arc<VisitIndex>> {
         self.durable.get()?.indexer.index()

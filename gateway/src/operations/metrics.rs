@@ -52,12 +52,38 @@ pub struct Metrics {
     pub retention_purged_segments: IntCounter,
     pub recovery_seconds: prometheus::Gauge,
     pub recovery_replayed: IntGauge,
+    /// The connection cap of each listener, so that saturation is a ratio
+    /// a rule can compare without knowing the configuration.
+    connection_limit: [IntGauge; 2],
+    /// Unix time of the last authority batch applied (or replayed at
+    /// start); 0 until there is one. Staleness is `time() -` this.
+    pub feed_last_batch_time: IntGauge,
+    /// 1 once the log failed to write or fsync: acknowledgements stopped.
+    pub log_failed: IntGauge,
+    /// Durable log records not yet in the tracing index, and whether the
+    /// indexer stopped on an error. Read at scrape time.
+    pub index_lag_records: IntGauge,
+    pub index_failed: IntGauge,
+    /// 1 when the last reload was applied, 0 when it was refused.
+    pub reload_ok: IntGauge,
 }
 
 /// 10 µs to 100 ms in 1-2-5 steps: a scan is microseconds when healthy and
-/// the interesting failures are in milliseconds.
+/// the interesting failures are in milliseconds. Classic buckets, with a
+/// boundary on the 5 ms latency objective (`le="0.005"`), which the
+/// recording rules in config/prometheus read; native histograms would need
+/// a newer Prometheus than Debian ships.
 pub const SCAN_BUCKETS: &[f64] =
     &[10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3];
+
+/// Write plus fsync of one log batch: a healthy disk takes tens of µs to a
+/// few ms, a struggling one up to a second, which strict-mode scans wait for.
+pub const FSYNC_BUCKETS: &[f64] =
+    &[10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3, 200e-3, 500e-3, 1.0];
+
+/// Every status the HTTP layer answers errors with, exported from the
+/// start at 0 so that rates and ratios over them are never empty.
+pub const ERROR_STATUSES: &[&str] = &["400", "401", "403", "404", "405", "408", "413", "503"];
 
 impl Metrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Metrics> {
@@ -89,8 +115,13 @@ impl Metrics {
             Opts::new("healthgate_rejected_requests_total", "Requests answered with an error status, by status."),
             &["status"],
         )?;
-        let build = IntGaugeVec::new(Opts::new("healthgate_build_info", "Build information; always 1."), &["version"])?;
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let build = IntGaugeVec::new(
+            Opts::new("healthgate_build_info", "Build information; always 1."),
+            &["version", "profile", "target"],
+        )?;
+        let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+        let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION"), profile, &target]).set(1);
         let ready = IntGauge::new("healthgate_ready", "1 when the gateway serves scans, 0 while loading or draining.")?;
         let feed_batches = IntCounterVec::new(
             Opts::new("healthgate_feed_batches_total", "Authority batches by kind and result."),
@@ -119,7 +150,7 @@ impl Metrics {
         )?;
         let log_fsync_seconds = Histogram::with_opts(
             HistogramOpts::new("healthgate_log_fsync_duration_seconds", "Time to write and fdatasync one log batch.")
-                .buckets(SCAN_BUCKETS.to_vec()),
+                .buckets(FSYNC_BUCKETS.to_vec()),
         )?;
         let snapshots =
             IntCounterVec::new(Opts::new("healthgate_snapshots_total", "State snapshots by result."), &["result"])?;
@@ -137,6 +168,51 @@ impl Metrics {
         )?;
         let recovery_replayed =
             IntGauge::new("healthgate_recovery_replayed_records", "Log records replayed at the last start.")?;
+        let connection_limit = IntGaugeVec::new(
+            Opts::new(
+                "healthgate_connection_limit",
+                "Most connections a listener keeps open (server.max_connections).",
+            ),
+            &["listener"],
+        )?;
+        let feed_last_batch_time = IntGauge::new(
+            "healthgate_feed_last_batch_timestamp_seconds",
+            "Unix time of the last authority batch applied or replayed; 0 until there is one.",
+        )?;
+        let log_failed = IntGauge::new(
+            "healthgate_log_failed",
+            "1 after a log write or fsync failed: nothing more is acknowledged until a restart.",
+        )?;
+        let index_lag_records =
+            IntGauge::new("healthgate_index_lag_records", "Durable log records not yet in the tracing index.")?;
+        let index_failed = IntGauge::new(
+            "healthgate_index_failed",
+            "1 after the tracing index failed: indexing stops until a restart re-indexes from the log.",
+        )?;
+        let reload_ok = IntGauge::new(
+            "healthgate_config_last_reload_successful",
+            "1 when the last configuration reload was applied (or none was asked), 0 when it was refused.",
+        )?;
+        reload_ok.set(1);
+        // Label values known in advance are exported from the start, so a
+        // dashboard or rule reading them shows 0, not nothing.
+        for status in ERROR_STATUSES {
+            rejected_requests.with_label_values(&[status]);
+        }
+        for kind in ["updates", "revocations"] {
+            for result in ["applied", "malformed", "unauthenticated", "replay", "unavailable"] {
+                feed_batches.with_label_values(&[kind, result]);
+            }
+        }
+        for result in ["normal", "unwell", "duplicate", "refused"] {
+            checkins.with_label_values(&[result]);
+        }
+        for result in ["ok", "refused"] {
+            reloads.with_label_values(&[result]);
+        }
+        for result in ["ok", "failed"] {
+            snapshots.with_label_values(&[result]);
+        }
         for c in [
             Box::new(scans_vec) as Box<dyn prometheus::core::Collector>,
             Box::new(scan_seconds.clone()),
@@ -161,6 +237,12 @@ impl Metrics {
             Box::new(retention_purged_segments.clone()),
             Box::new(recovery_seconds.clone()),
             Box::new(recovery_replayed.clone()),
+            Box::new(connection_limit.clone()),
+            Box::new(feed_last_batch_time.clone()),
+            Box::new(log_failed.clone()),
+            Box::new(index_lag_records.clone()),
+            Box::new(index_failed.clone()),
+            Box::new(reload_ok.clone()),
         ] {
             registry.register(c)?;
         }
@@ -188,6 +270,12 @@ impl Metrics {
             retention_purged_segments,
             recovery_seconds,
             recovery_replayed,
+            connection_limit: listeners.map(|l| connection_limit.with_label_values(&[l.as_str()])),
+            feed_last_batch_time,
+            log_failed,
+            index_lag_records,
+            index_failed,
+            reload_ok,
         })
     }
 
@@ -201,5 +289,8 @@ impl Metrics {
     }
     pub fn rejected_connections(&self, l: Listener) -> &IntCounter {
         &self.rejected_connections[l as usize]
+    }
+    pub fn connection_limit(&self, l: Listener) -> &IntGauge {
+        &self.connection_limit[l as usize]
     }
 }

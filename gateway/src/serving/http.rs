@@ -127,6 +127,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_connections));
+    gw.metrics().connection_limit(which).set(i64::try_from(settings.max_connections).unwrap_or(i64::MAX));
     let graceful = GracefulShutdown::new();
     let settings = Arc::new(settings);
     tokio::pin!(shutdown);
@@ -214,8 +215,11 @@ async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<I
         (Listener::Admin, &Method::POST, "/v1/admin/reload") => reload(gw, &req),
         (Listener::Admin, &Method::GET, "/v1/admin/feed") => feed_state(gw, &req),
         (Listener::Admin, &Method::GET, "/v1/admin/visits") => visits(gw, &req, None).await,
+        (Listener::Admin, &Method::GET, "/openapi.yaml") => Ok(openapi()),
         (Listener::Admin, &Method::GET, p) if p.starts_with("/v1/admin/holders/") && p.ends_with("/visits") => {
-            let hex = &p["/v1/admin/holders/".len()..p.len() - "/visits".len()];
+            // Not a slice by lengths: "/v1/admin/holders/visits" has both
+            // affixes overlapping.
+            let hex = p.strip_prefix("/v1/admin/holders/").and_then(|r| r.strip_suffix("/visits")).unwrap_or("");
             match hex.parse::<HolderId>() {
                 Ok(h) => visits(gw, &req, Some(h)).await,
                 Err(e) => Err(ApiError::bad_request(e.to_string())),
@@ -224,7 +228,12 @@ async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<I
         (
             Listener::Admin,
             _,
-            "/metrics" | "/v1/admin/updates" | "/v1/admin/revocations" | "/v1/admin/reload" | "/v1/admin/feed",
+            "/metrics"
+            | "/openapi.yaml"
+            | "/v1/admin/updates"
+            | "/v1/admin/revocations"
+            | "/v1/admin/reload"
+            | "/v1/admin/feed",
         )
         | (
             Listener::Public,
@@ -247,6 +256,13 @@ fn metrics(gw: &Gateway) -> Response<Body> {
     let body = gw.metrics_text();
     let mut r = Response::new(full(body));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+/// The API contract, `docs/openapi.yaml`, as built into this binary.
+fn openapi() -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from_static(include_bytes!("../../../docs/openapi.yaml"))));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
     r
 }
 
