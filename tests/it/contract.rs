@@ -5,7 +5,7 @@
 //! or content type the document does not describe.
 
 use crate::cli::{http, Demo};
-use healthgate::serving::auth::Role;
+use healthgate::operations::auth::Role;
 use healthgate_tests::tools::{run_bounded, tail, venv_tool, workspace_root};
 use std::process::Command;
 use std::time::Duration;

@@ -112,7 +112,7 @@ async fn unknown_routes_and_methods() {
 #[tokio::test]
 async fn overlapping_tracing_path_is_a_bad_request_not_a_panic() {
     let t = TestGateway::start().await;
-    let (admin, key) = (t.env.admin_url.clone(), t.key(healthgate::serving::auth::Role::Authority).to_owned());
+    let (admin, key) = (t.env.admin_url.clone(), t.key(healthgate::operations::auth::Role::Authority).to_owned());
     for path in ["/v1/admin/holders/visits", "/v1/admin/holders//visits", "/v1/admin/holders/isits/visits"] {
         let (s, v) = t.get(&admin, path, Some(&key)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {v}");

@@ -3,8 +3,8 @@
 //! the log and the index, build information, and series that exist before
 //! anything happened (so that rules and dashboards never see nothing).
 
-use healthgate::serving::auth::Role;
 use healthgate::feed::Change;
+use healthgate::operations::auth::Role;
 use healthgate::Color;
 use healthgate_tests::TestGateway;
 use http::{Method, StatusCode};

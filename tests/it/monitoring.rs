@@ -6,7 +6,7 @@
 
 use crate::cli::Demo;
 use bytes::Bytes;
-use healthgate::serving::auth::Role;
+use healthgate::operations::auth::Role;
 use healthgate_tests::promql::selectors;
 use healthgate_tests::tools::{free_port, run_bounded, system_tool, tail, wait_until, workspace_root, KillOnDrop};
 use http_body_util::{BodyExt, Full};
