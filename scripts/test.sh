@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v zbarimg >/dev/null 2>&1 || need+=(zbar-tools)  # QR read-back test
 command -v promtool >/dev/null 2>&1 || need+=(prometheus) # metrics lint test
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server) # replica tests (docs/CLUSTER.md)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
