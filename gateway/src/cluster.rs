@@ -152,6 +152,9 @@ pub struct Cluster {
     /// Moves with the order position: posts wait on it for their batch.
     order_applied: watch::Sender<u64>,
     outcomes: Mutex<BTreeMap<u64, Outcome>>,
+    /// The last authority messages applied (stream sequence, kind, accepted
+    /// time, body): published again if the stream loses them.
+    recent_batches: Mutex<std::collections::VecDeque<order::Kept>>,
     records_pos: AtomicU64,
     /// Stream ends at start: caught up once both are applied.
     start_targets: (u64, u64),
@@ -160,6 +163,9 @@ pub struct Cluster {
     /// The last LSN the shipper has in both streams.
     shipped: AtomicU64,
     connected: Arc<AtomicBool>,
+    /// Counts reconnections: the shipper asks the streams where it stands
+    /// again after each (the server may have restarted without its tail).
+    connections: Arc<AtomicU64>,
     /// Other replicas' tracing indexes, opened as their records arrive.
     remote: Mutex<HashMap<String, Arc<VisitIndex>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -175,7 +181,8 @@ impl Cluster {
         data_dir: &Path,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let connected = Arc::new(AtomicBool::new(false));
-        let client = streams::connect(settings, connected.clone()).await?;
+        let connections = Arc::new(AtomicU64::new(0));
+        let client = streams::connect(settings, connected.clone(), connections.clone()).await?;
         let js = jetstream::new(client);
         let (order_end, records_end) = streams::ensure(&js, settings).await?;
         let saved = positions::load(data_dir)?;
@@ -193,12 +200,14 @@ impl Cluster {
             order_pos: Mutex::new((saved.order, saved.feed_seq)),
             order_applied: watch::Sender::new(saved.order),
             outcomes: Mutex::new(BTreeMap::new()),
+            recent_batches: Mutex::new(std::collections::VecDeque::new()),
             records_pos: AtomicU64::new(saved.records),
             start_targets: (order_end, records_end),
             caught_up: AtomicBool::new(false),
             freshness: Mutex::new([Freshness::default(); 2]),
             shipped: AtomicU64::new(0),
             connected,
+            connections,
             remote: Mutex::new(remote),
             tasks: Mutex::new(Vec::new()),
             gw: gw.clone(),

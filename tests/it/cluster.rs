@@ -288,3 +288,80 @@ async fn replicas_keep_serving_while_nats_is_away_and_converge_after() {
     assert_eq!(a.push(1, vec![change(greens[7], Color::Red)]).await.0, StatusCode::OK);
     eventually("the batch lands on B", || async { b.color_of(greens[7]).await == "red" }).await;
 }
+
+/// The real binary: a bad `[cluster]` section is refused before anything
+/// binds (exit 64, naming the field); an unreachable NATS is a clear error
+/// at start (exit 1).
+#[test]
+fn bad_cluster_config_exits_64_and_unreachable_nats_exits_1() {
+    let d = Deployment::new();
+    let text = std::fs::read_to_string(&d.env.config).expect("config");
+    let run = |extra: &str| {
+        std::fs::write(&d.env.config, format!("{text}\n{extra}")).expect("config");
+        std::process::Command::new(healthgate_tests::healthgate_bin())
+            .args(["serve", "--config"])
+            .arg(&d.env.config)
+            .output()
+            .expect("run healthgate")
+    };
+    let o = run("[cluster]\nnode = \"a.b\"\nnats_url = \"nats://127.0.0.1:4222\"\n");
+    assert_eq!(o.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cluster.node"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run("[cluster]\nnode = \"a\"\nnats_url = \"http://127.0.0.1:4222\"\n");
+    assert_eq!(o.status.code(), Some(64));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let o =
+        run(&format!("[cluster]\nnode = \"a\"\nnats_url = \"nats://127.0.0.1:{port}\"\nconnect_timeout_ms = 500\n"));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot reach NATS"), "{err}");
+}
+
+/// nats-server is SIGKILLed in the middle of traffic (JetStream may lose
+/// what it acknowledged but had not written yet) and restarted on its
+/// store: the replicas' logs make up for it. Afterwards both replicas agree
+/// holder by holder, every acknowledged scan is in both cluster-wide
+/// tracing answers, and the authority batch acknowledged just before the
+/// kill is in force on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_killed_and_restarted_loses_nothing_acknowledged() {
+    let mut nats = NatsServer::start();
+    let d = Deployment::new();
+    let a = d.replica("a", &nats).await;
+    let b = d.replica("b", &nats).await;
+    let greens = a.greens(90);
+    let metro = a.checkpoint("metro").to_owned();
+    let rail = a.checkpoint("rail").to_owned();
+    let mut acked = 0;
+    for (i, h) in greens.iter().enumerate().take(40) {
+        let t = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(t.scan(&t.code(*h), &metro, "in", None).await.decision, "pass");
+        acked += 1;
+    }
+    assert_eq!(a.push(1, vec![change(greens[85], Color::Red)]).await.0, StatusCode::OK);
+    assert_eq!(b.scan(&b.code(greens[86]), &rail, "in", Some(38.6)).await.short(), "deny/fever/yellow");
+    nats.stop(true);
+    for (i, h) in greens.iter().enumerate().skip(40).take(20) {
+        let t = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(t.scan(&t.code(*h), &metro, "in", None).await.decision, "pass");
+        acked += 1;
+    }
+    nats.restart();
+    for (i, h) in greens.iter().enumerate().skip(60).take(20) {
+        let t = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(t.scan(&t.code(*h), &metro, "in", None).await.decision, "pass");
+        acked += 1;
+    }
+    converge(&[&a, &b]).await;
+    for t in [&a, &b] {
+        assert_eq!(t.color_of(greens[85]).await, "red");
+        assert_eq!(t.color_of(greens[86]).await, "yellow");
+        let path = format!("/v1/admin/visits?checkpoint={metro}");
+        let path = &path;
+        eventually("every acknowledged scan is in the cluster-wide answer", || async move {
+            let (s, lines) = t.admin_lines(path).await;
+            s == StatusCode::OK && lines.len() == acked
+        })
+        .await;
+    }
+}

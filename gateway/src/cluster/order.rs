@@ -21,6 +21,48 @@ use std::time::Duration;
 /// Pause before reading again after the connection or the consumer failed.
 const RETRY: Duration = Duration::from_millis(250);
 
+/// How many applied authority messages a replica keeps to publish again.
+pub const KEPT: usize = 4096;
+
+/// An applied authority message, kept in case the stream loses it.
+pub struct Kept {
+    seq: u64,
+    kind: String,
+    at: String,
+    body: bytes::Bytes,
+}
+
+/// Publishes again the authority messages this replica applied past the
+/// stream's end (the stream lost them): with the same message id, so that
+/// of all the replicas doing so only one copy lands, and every replica that
+/// has not applied a batch yet does, in the sequence check's order.
+async fn republish_lost(c: &Cluster, last: u64) {
+    let lost: Vec<(String, String, bytes::Bytes)> = c
+        .recent_batches
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|k| k.seq > last)
+        .map(|k| (k.kind.clone(), k.at.clone(), k.body.clone()))
+        .collect();
+    for (kind, at, body) in lost {
+        use sha2::Digest;
+        let id = format!("auth-{}", hex::encode(sha2::Sha256::digest(&body)));
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        h.insert(streams::H_KIND, kind.as_str());
+        h.insert(streams::H_AT, at.as_str());
+        h.insert(streams::H_NODE, c.settings.node.as_str());
+        let sent = match c.js.publish_with_headers(c.settings.authority_subject(), h, body).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if !sent {
+            c.metrics.publish_failures.inc();
+        }
+    }
+}
+
 pub async fn run(c: Arc<Cluster>) {
     let durable = format!("hg-{}-order", c.settings.node);
     loop {
@@ -37,6 +79,8 @@ pub async fn run(c: Arc<Cluster>) {
                     "the order stream ends before what this replica applied: it lost messages"
                 );
                 c.metrics.refused.with_label_values(&["stream_rewound"]).inc();
+                republish_lost(&c, last).await;
+                c.recent_batches.lock().unwrap_or_else(|e| e.into_inner()).retain(|k| k.seq <= last);
                 c.order_rewound(last);
                 continue;
             }
@@ -73,6 +117,19 @@ pub async fn run(c: Arc<Cluster>) {
                 continue;
             }
             let outcome = apply(&c, &m.subject, m.headers.as_ref(), &m.payload).await;
+            if matches!(outcome, Some(Ok(_))) {
+                let header = |n| streams::header(m.headers.as_ref(), n).unwrap_or_default().to_owned();
+                let mut kept = c.recent_batches.lock().unwrap_or_else(|e| e.into_inner());
+                kept.push_back(Kept {
+                    seq,
+                    kind: header(streams::H_KIND),
+                    at: header(streams::H_AT),
+                    body: m.payload.clone(),
+                });
+                while kept.len() > KEPT {
+                    kept.pop_front();
+                }
+            }
             c.order_applied(seq, outcome);
             let waited = (time::OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0);
             // Nothing pending: caught up, whatever the last message waited.

@@ -144,6 +144,7 @@ pub async fn run(c: Arc<Cluster>) {
         return;
     };
     'resync: loop {
+        let generation = c.connections.load(Ordering::Acquire);
         let (rec, col) = match (
             resume_point(&c, &c.settings.records_stream, &rec_subject).await,
             resume_point(&c, &c.settings.order_stream, &color_subject).await,
@@ -164,9 +165,16 @@ pub async fn run(c: Arc<Cluster>) {
             c.shipped.store(shipped, Ordering::Release);
             let upto = *durable.borrow_and_update();
             c.metrics.shipper_backlog.set(upto.saturating_sub(shipped) as i64);
+            if c.connections.load(Ordering::Acquire) != generation {
+                // Reconnected: the server may have come back without the
+                // messages it had not yet written to disk.
+                continue 'resync;
+            }
             if reader.next > upto {
-                if durable.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = durable.changed() => if changed.is_err() { return },
+                    // Idle: look at the connection again now and then.
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
             }

@@ -6,7 +6,7 @@ use super::{Cluster, ClusterError};
 use crate::operations::cluster_settings::ClusterSettings;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,14 +22,18 @@ pub const H_LAST_LSN: &str = "Hg-Last-Lsn";
 
 /// Connects (failing at once when no server answers: a replica that cannot
 /// reach its cluster at start says so), then reconnects forever.
-pub async fn connect(s: &ClusterSettings, connected: Arc<AtomicBool>) -> Result<async_nats::Client, ClusterError> {
+pub async fn connect(
+    s: &ClusterSettings,
+    connected: Arc<AtomicBool>,
+    connections: Arc<AtomicU64>,
+) -> Result<async_nats::Client, ClusterError> {
     let opts = match &s.credentials_file {
         Some(p) => async_nats::ConnectOptions::with_credentials_file(p)
             .await
             .map_err(|source| ClusterError::Credentials { path: p.clone(), source })?,
         None => async_nats::ConnectOptions::new(),
     };
-    let flag = connected.clone();
+    let (flag, count) = (connected.clone(), connections.clone());
     let opts = opts
         .name(format!("healthgate-{}", s.node))
         .connection_timeout(s.connect_timeout)
@@ -37,10 +41,13 @@ pub async fn connect(s: &ClusterSettings, connected: Arc<AtomicBool>) -> Result<
         // Reconnect quickly: a replica cut off is stale until it is back.
         .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
         .event_callback(move |event| {
-            let flag = flag.clone();
+            let (flag, count) = (flag.clone(), count.clone());
             async move {
                 match event {
-                    async_nats::Event::Connected => flag.store(true, Ordering::Release),
+                    async_nats::Event::Connected => {
+                        count.fetch_add(1, Ordering::AcqRel);
+                        flag.store(true, Ordering::Release)
+                    }
                     async_nats::Event::Disconnected => flag.store(false, Ordering::Release),
                     _ => {}
                 }
