@@ -1,6 +1,7 @@
 //! The gateway in-process: the whole scan decision for a green holder with
-//! a fresh token (verification included), holder lookup at 1 M and 10 M
-//! holders, and a snapshot swap.
+//! a fresh token (verification included), the same with shadow rules (a
+//! candidate policy decided beside the live one), holder lookup at 1 M and
+//! 10 M holders, and a snapshot swap.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use healthgate::clock::{Clock, ManualClock, SystemClock};
@@ -25,6 +26,17 @@ fn scan(c: &mut Criterion) {
     let gw = healthgate::serving::server::build(&config, Arc::new(ManualClock::new(now))).unwrap();
     state_file::load(&env.state, gw.store()).unwrap();
     gw.set_loaded();
+    // The same gateway with a candidate policy that disagrees on yellow.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let candidate = text[text.find("[regions.wuhan]").unwrap()..]
+        .replace("[classes.metro]\nadmit = [\"green\"]", "[classes.metro]\nadmit = [\"green\", \"yellow\"]");
+    std::fs::write(dir.path().join("candidate.toml"), candidate).unwrap();
+    let shadow_path = dir.path().join("shadow.toml");
+    std::fs::write(&shadow_path, format!("candidate_policy = \"candidate.toml\"\n{text}")).unwrap();
+    let shadow_config = Config::load(&shadow_path).unwrap();
+    let shadow_gw = healthgate::serving::server::build(&shadow_config, Arc::new(ManualClock::new(now))).unwrap();
+    state_file::load(&env.state, shadow_gw.store()).unwrap();
+    shadow_gw.set_loaded();
     let (kid, key) = healthgate::operations::keyfiles::read_secret(&env.issuer_key).unwrap();
     let greens: Vec<_> = (0..100_000).filter(|&i| env.population.color(i) == Color::Green).take(1024).collect();
     let codes: Vec<String> = greens
@@ -48,6 +60,18 @@ fn scan(c: &mut Criterion) {
                 ScanRequest { code: &codes[i % codes.len()], checkpoint: &checkpoint, direction, temperature_c: None };
             i += 1;
             let out = gw.scan_nowait(&gw.live(), black_box(&req)).unwrap().0;
+            debug_assert!(out.decision.pass);
+            out
+        })
+    });
+    let mut i = 0usize;
+    g.bench_function("green_fresh_token_with_candidate", |b| {
+        b.iter(|| {
+            let direction = if (i / codes.len()).is_multiple_of(2) { Direction::In } else { Direction::Out };
+            let req =
+                ScanRequest { code: &codes[i % codes.len()], checkpoint: &checkpoint, direction, temperature_c: None };
+            i += 1;
+            let out = shadow_gw.scan_nowait(&shadow_gw.live(), black_box(&req)).unwrap().0;
             debug_assert!(out.decision.pass);
             out
         })

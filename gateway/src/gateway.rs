@@ -10,7 +10,8 @@
 //! - [`authority`]: the authority's signed batches and configuration reload;
 //! - [`effect`]: how a logged effect changes a holder, one function for the
 //!   live path and for replay;
-//! - [`lifecycle`]: recovery at start, snapshots, retention, shutdown.
+//! - [`lifecycle`]: recovery at start, snapshots, retention, shutdown;
+//! - [`shadow`]: a candidate policy decided beside the live one, counted.
 //!
 //! Read-mostly data (trust list, policy, API keys, skew) is one immutable
 //! [`LiveConfig`]: a request loads it once and uses that one version
@@ -22,6 +23,7 @@ pub mod effect;
 pub mod lifecycle;
 pub mod replica;
 pub mod scan;
+pub mod shadow;
 
 pub use authority::FeedOrder;
 pub use lifecycle::{PersistError, RecoveryReport};
@@ -52,6 +54,8 @@ use std::sync::{Arc, OnceLock};
 /// another thing: see `durability::state_file`.)
 pub struct LiveConfig {
     pub policy: Policy,
+    /// Shadow rules: decided beside `policy`, never applied.
+    pub candidate: Option<Policy>,
     pub trust: TrustList,
     pub keys: ApiKeys,
     pub clock_skew_s: u64,
@@ -66,6 +70,7 @@ impl LiveConfig {
     pub fn from_config(c: &Config, generation: u64) -> LiveConfig {
         LiveConfig {
             policy: c.policy.clone(),
+            candidate: c.candidate_policy.clone(),
             trust: c.trust.clone(),
             keys: c.keys.clone(),
             clock_skew_s: c.clock_skew_s,
@@ -100,6 +105,7 @@ pub struct Gateway {
     store: Store,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
+    shadow: shadow::ShadowMetrics,
     /// Where `metrics` is registered; passed in, never global.
     registry: prometheus::Registry,
     /// False until the state file is loaded.
@@ -132,6 +138,8 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(config: &Config, clock: Arc<dyn Clock>, registry: prometheus::Registry) -> prometheus::Result<Gateway> {
         let metrics = Metrics::new(&registry)?;
+        let shadow = shadow::ShadowMetrics::new(&registry)?;
+        shadow.active.set(i64::from(config.candidate_policy.is_some()));
         // The filter's hash seed: random, so that nobody can aim codes at
         // its false positives.
         let seed: [u8; 32] = rand::random();
@@ -140,6 +148,7 @@ impl Gateway {
             store: Store::default(),
             clock,
             metrics,
+            shadow,
             registry,
             loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -184,6 +193,7 @@ impl Gateway {
     pub fn swap_live(&self, mut next: LiveConfig) -> u64 {
         next.generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let g = next.generation;
+        self.shadow.active.set(i64::from(next.candidate.is_some()));
         self.live.store(Arc::new(next));
         self.store.bump_epoch();
         g

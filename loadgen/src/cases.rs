@@ -776,7 +776,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_colours_are_refused() {
+    fn missing_colors_are_refused() {
         let mut w = world();
         w.population.mix = Mix { green: 1.0, yellow: 0.0, red: 0.0, pending: 0.0 };
         assert!(matches!(Generator::new(w, Api::Scan, CaseMix::default(), 1), Err(CaseError::Empty("yellow", _))));

@@ -78,9 +78,8 @@ async fn refused_batches_change_nothing() {
     // Malformed: not JSON, unknown colour, and a batch with one bad change
     // among good ones (all or nothing).
     assert_eq!(t.admin_post("/v1/admin/updates", b"{".to_vec()).await.0, StatusCode::BAD_REQUEST);
-    let bad_colour =
-        json!({ "seq": 11, "kid": "AUTH", "changes": [{ "holder": h, "color": "blue" }], "signature": "" });
-    assert_eq!(t.admin_post("/v1/admin/updates", bad_colour.to_string().into_bytes()).await.0, StatusCode::BAD_REQUEST);
+    let bad_color = json!({ "seq": 11, "kid": "AUTH", "changes": [{ "holder": h, "color": "blue" }], "signature": "" });
+    assert_eq!(t.admin_post("/v1/admin/updates", bad_color.to_string().into_bytes()).await.0, StatusCode::BAD_REQUEST);
     let other = t.holder("green", 3);
     let now = t.now();
     let backwards = vec![Step { until: now + 10, then: Color::Yellow }, Step { until: now + 5, then: Color::Green }];

@@ -12,3 +12,4 @@ mod inspect;
 mod killloop;
 mod rules;
 mod server;
+mod shadow;

@@ -44,7 +44,7 @@ async fn promtool_accepts_a_real_scrape() {
 }
 
 #[tokio::test]
-async fn holders_gauge_follows_colour_changes() {
+async fn holders_gauge_follows_color_changes() {
     let t = TestGateway::start().await;
     let gauge = |text: &str, c: &str| -> i64 {
         let prefix = format!("healthgate_holders{{color=\"{c}\"}} ");

@@ -5,6 +5,7 @@
 //! entry lock.
 
 use super::effect::settle;
+use super::shadow::shadow;
 use super::{Gateway, LiveConfig};
 use crate::clock::UnixSecs;
 use crate::color::Color;
@@ -183,6 +184,9 @@ impl Gateway {
             let locked = self.store.update(&holder, now, |entry| {
                 let Some((view, state)) = entry else {
                     let d = policy::decide(&token, place, None, input, now).0;
+                    if let Some(candidate) = &live.candidate {
+                        shadow(&self.shadow, candidate, &token, req.checkpoint, None, input, now, &d);
+                    }
                     return match self.log(now, || record(Some(holder), serial, &d, Effect::default())) {
                         Ok(t) => Update::Commit(Locked::Done(d, t), None),
                         Err(e) => Update::Abort(Locked::Failed(e)),
@@ -191,6 +195,9 @@ impl Gateway {
                 let (d, effect) = policy::decide(&token, place, Some(view), input, now);
                 if effect.color.is_some() && !have_color_lock {
                     return Update::Abort(Locked::NeedColorLock);
+                }
+                if let Some(candidate) = &live.candidate {
+                    shadow(&self.shadow, candidate, &token, req.checkpoint, Some(view), input, now, &d);
                 }
                 // Log first, under the holder's lock: if the log refuses,
                 // nothing changes.

@@ -79,6 +79,9 @@ pub struct RawConfig {
     pub checkpoints: Vec<RawCheckpoint>,
     /// Region of a daily check-in that names none.
     pub default_region: Option<String>,
+    /// A candidate policy file (shadow rules): every scan is also decided
+    /// under it, without effect, and disagreements are counted.
+    pub candidate_policy: Option<PathBuf>,
     #[serde(default)]
     pub authority: RawAuthority,
     #[serde(default)]
@@ -220,6 +223,8 @@ pub struct Config {
     pub clock_skew_s: u64,
     pub keys: ApiKeys,
     pub policy: Policy,
+    /// Shadow rules: decided beside `policy` on every scan, never applied.
+    pub candidate_policy: Option<Policy>,
     pub trust: TrustList,
     pub authority_keys: Vec<(KeyId, VerifyingKey)>,
     pub revocation_filter: FilterSettings,
@@ -296,92 +301,12 @@ impl Config {
             }
         }
 
-        let mut regions = Vec::new();
-        let mut region_names = Vec::new();
-        for (name, r) in raw.regions {
-            let field = |f: &str| format!("regions.{name}.{f}");
-            let offset = r.utc_offset.as_deref().unwrap_or("+08:00");
-            let utc_offset_s = parse_offset(offset)
-                .ok_or_else(|| invalid(&field("utc_offset"), format!("{offset:?} is not ±HH:MM")))?;
-            let fever = r.fever_threshold_c.unwrap_or(defaults::FEVER_THRESHOLD_C);
-            if !(35.0..=42.0).contains(&fever) {
-                return Err(invalid(&field("fever_threshold_c"), "must be between 35 and 42".into()));
-            }
-            let mut accepted = 0u64;
-            for issuer in &r.accept_issuers {
-                let idx = trust.issuer_index(issuer).ok_or_else(|| {
-                    invalid(&field("accept_issuers"), format!("issuer {issuer:?} is not in the trust list"))
-                })?;
-                accepted |= 1 << idx;
-            }
-            if accepted == 0 {
-                return Err(invalid(&field("accept_issuers"), "accepts no issuer".into()));
-            }
-            let quarantine = r.fever_quarantine_s.unwrap_or(defaults::FEVER_QUARANTINE_S);
-            if quarantine == 0 {
-                return Err(invalid(&field("fever_quarantine_s"), "must be positive".into()));
-            }
-            regions.push(Region {
-                name: name.clone(),
-                utc_offset_s,
-                fever_threshold_c: fever,
-                health_record_validity_s: r.health_record_validity_s.unwrap_or(defaults::HEALTH_RECORD_VALIDITY_S),
-                fever_quarantine_s: quarantine,
-                accepted_issuers: accepted,
-            });
-            region_names.push(name);
-        }
-
-        let mut classes = Vec::new();
-        let mut class_names = Vec::new();
-        for (name, c) in raw.classes {
-            let field = format!("classes.{name}.admit");
-            let mut admit = [false; 4];
-            for colour in &c.admit {
-                let col: crate::Color =
-                    colour.parse().map_err(|e: crate::color::ParseColorError| invalid(&field, e.to_string()))?;
-                if col == crate::Color::Pending {
-                    return Err(invalid(&field, "pending codes never pass (rule 7)".into()));
-                }
-                admit[col.index()] = true;
-            }
-            classes.push(Class {
-                name: name.clone(),
-                admit,
-                requires_temperature: c.requires_temperature,
-                admit_fever: c.admit_fever,
-                anti_passback_s: c.anti_passback_s,
-            });
-            class_names.push(name);
-        }
-
-        let mut checkpoints = Vec::new();
-        let mut groups: Vec<String> = Vec::new();
-        for (i, cp) in raw.checkpoints.into_iter().enumerate() {
-            let field = |f: &str| format!("checkpoints[{i}].{f}");
-            if cp.id.is_empty() || cp.id.len() > 64 {
-                return Err(invalid(&field("id"), "must be 1 to 64 characters".into()));
-            }
-            let class = class_names
-                .iter()
-                .position(|c| *c == cp.class)
-                .ok_or_else(|| invalid(&field("class"), format!("no class {:?}", cp.class)))?;
-            let region = region_names
-                .iter()
-                .position(|r| *r == cp.region)
-                .ok_or_else(|| invalid(&field("region"), format!("no region {:?}", cp.region)))?;
-            let group_name = cp.group.unwrap_or_else(|| cp.id.clone());
-            let group = match groups.iter().position(|g| *g == group_name) {
-                Some(g) => g,
-                None => {
-                    groups.push(group_name);
-                    groups.len() - 1
-                }
-            };
-            let group = u16::try_from(group).map_err(|_| invalid(&field("group"), "more than 65535 groups".into()))?;
-            checkpoints.push(Checkpoint { id: cp.id, class, region, group });
-        }
-        let policy = Policy::new(regions, classes, checkpoints).map_err(|e| invalid("checkpoints", e))?;
+        let policy = build_policy(raw.regions, raw.classes, raw.checkpoints, &trust, &invalid)?;
+        let candidate_policy = match &raw.candidate_policy {
+            None => None,
+            Some(file) => Some(load_candidate(&base.join(file), &trust, &policy)?),
+        };
+        let region_names: Vec<&str> = policy.regions().iter().map(|r| r.name.as_str()).collect();
         let default_region = match raw.default_region {
             None => None,
             Some(name) => Some(
@@ -489,6 +414,7 @@ impl Config {
             clock_skew_s: raw.clock_skew_s.unwrap_or(defaults::CLOCK_SKEW_S),
             keys,
             policy,
+            candidate_policy,
             trust,
             authority_keys,
             revocation_filter,
@@ -510,6 +436,134 @@ fn parse_offset(s: &str) -> Option<i32> {
     }
     let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
     (h <= 14 && m < 60).then_some(sign * (h * 3600 + m * 60))
+}
+
+/// Regions, classes and checkpoints, validated and cross-referenced (the
+/// live configuration's and a candidate policy's alike).
+fn build_policy(
+    raw_regions: BTreeMap<String, RawRegion>,
+    raw_classes: BTreeMap<String, RawClass>,
+    raw_checkpoints: Vec<RawCheckpoint>,
+    trust: &TrustList,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Policy, ConfigError> {
+    let mut regions = Vec::new();
+    let mut region_names = Vec::new();
+    for (name, r) in raw_regions {
+        let field = |f: &str| format!("regions.{name}.{f}");
+        let offset = r.utc_offset.as_deref().unwrap_or("+08:00");
+        let utc_offset_s =
+            parse_offset(offset).ok_or_else(|| invalid(&field("utc_offset"), format!("{offset:?} is not ±HH:MM")))?;
+        let fever = r.fever_threshold_c.unwrap_or(defaults::FEVER_THRESHOLD_C);
+        if !(35.0..=42.0).contains(&fever) {
+            return Err(invalid(&field("fever_threshold_c"), "must be between 35 and 42".into()));
+        }
+        let mut accepted = 0u64;
+        for issuer in &r.accept_issuers {
+            let idx = trust.issuer_index(issuer).ok_or_else(|| {
+                invalid(&field("accept_issuers"), format!("issuer {issuer:?} is not in the trust list"))
+            })?;
+            accepted |= 1 << idx;
+        }
+        if accepted == 0 {
+            return Err(invalid(&field("accept_issuers"), "accepts no issuer".into()));
+        }
+        let quarantine = r.fever_quarantine_s.unwrap_or(defaults::FEVER_QUARANTINE_S);
+        if quarantine == 0 {
+            return Err(invalid(&field("fever_quarantine_s"), "must be positive".into()));
+        }
+        regions.push(Region {
+            name: name.clone(),
+            utc_offset_s,
+            fever_threshold_c: fever,
+            health_record_validity_s: r.health_record_validity_s.unwrap_or(defaults::HEALTH_RECORD_VALIDITY_S),
+            fever_quarantine_s: quarantine,
+            accepted_issuers: accepted,
+        });
+        region_names.push(name);
+    }
+
+    let mut classes = Vec::new();
+    let mut class_names = Vec::new();
+    for (name, c) in raw_classes {
+        let field = format!("classes.{name}.admit");
+        let mut admit = [false; 4];
+        for colour in &c.admit {
+            let col: crate::Color =
+                colour.parse().map_err(|e: crate::color::ParseColorError| invalid(&field, e.to_string()))?;
+            if col == crate::Color::Pending {
+                return Err(invalid(&field, "pending codes never pass (rule 7)".into()));
+            }
+            admit[col.index()] = true;
+        }
+        classes.push(Class {
+            name: name.clone(),
+            admit,
+            requires_temperature: c.requires_temperature,
+            admit_fever: c.admit_fever,
+            anti_passback_s: c.anti_passback_s,
+        });
+        class_names.push(name);
+    }
+
+    let mut checkpoints = Vec::new();
+    let mut groups: Vec<String> = Vec::new();
+    for (i, cp) in raw_checkpoints.into_iter().enumerate() {
+        let field = |f: &str| format!("checkpoints[{i}].{f}");
+        if cp.id.is_empty() || cp.id.len() > 64 {
+            return Err(invalid(&field("id"), "must be 1 to 64 characters".into()));
+        }
+        let class = class_names
+            .iter()
+            .position(|c| *c == cp.class)
+            .ok_or_else(|| invalid(&field("class"), format!("no class {:?}", cp.class)))?;
+        let region = region_names
+            .iter()
+            .position(|r| *r == cp.region)
+            .ok_or_else(|| invalid(&field("region"), format!("no region {:?}", cp.region)))?;
+        let group_name = cp.group.unwrap_or_else(|| cp.id.clone());
+        let group = match groups.iter().position(|g| *g == group_name) {
+            Some(g) => g,
+            None => {
+                groups.push(group_name);
+                groups.len() - 1
+            }
+        };
+        let group = u16::try_from(group).map_err(|_| invalid(&field("group"), "more than 65535 groups".into()))?;
+        checkpoints.push(Checkpoint { id: cp.id, class, region, group });
+    }
+    Policy::new(regions, classes, checkpoints).map_err(|e| invalid("checkpoints", e))
+}
+
+/// The raw form of a candidate policy file: the live configuration's
+/// `[regions]`, `[classes]` and `[[checkpoints]]`, nothing else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCandidate {
+    #[serde(default)]
+    regions: BTreeMap<String, RawRegion>,
+    #[serde(default)]
+    classes: BTreeMap<String, RawClass>,
+    #[serde(default)]
+    checkpoints: Vec<RawCheckpoint>,
+}
+
+/// Reads a candidate policy (shadow rules): validated like the live one,
+/// against the same trust list, and it must decide at every live
+/// checkpoint.
+fn load_candidate(path: &Path, trust: &TrustList, live: &Policy) -> Result<Policy, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+    let raw: RawCandidate =
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })?;
+    let invalid = |field: &str, why: String| ConfigError::Invalid { path: path.to_owned(), field: field.into(), why };
+    let candidate = build_policy(raw.regions, raw.classes, raw.checkpoints, trust, &invalid)?;
+    if let Some(missing) = live.checkpoints().iter().find(|c| candidate.place(&c.id).is_none()) {
+        return Err(invalid(
+            "checkpoints",
+            format!("the candidate has no checkpoint {:?} of the live policy", missing.id),
+        ));
+    }
+    Ok(candidate)
 }
 
 /// Reads a trust list file, and the `.pub` files it names (relative to

@@ -164,10 +164,6 @@ impl FaultyStorage {
     pub fn durable_len(&self, name: &str) -> usize {
         self.files.lock().expect("fake disk").get(name).map_or(0, |f| f.durable.len())
     }
-
-    pub fn pending_len(&self, name: &str) -> usize {
-        self.files.lock().expect("fake disk").get(name).map_or(0, |f| f.pending.len())
-    }
 }
 
 impl Storage for FaultyStorage {

@@ -1,12 +1,12 @@
-//! Scans keep flowing during a large recolour: the p99 latency of a steady
+//! Scans keep flowing during a large recolor: the p99 latency of a steady
 //! scan stream before and while the authority pushes 100 000-holder batches.
 //!
 //! Starts the demo gateway in-process on port 0 (its real HTTP listeners),
 //! sends scans open-loop at a fixed rate over keep-alive connections with
 //! latency measured from each scan's intended send time, and, in the second
-//! phase, pushes signed recolour batches of 100 000 holders back to back.
+//! phase, pushes signed recolor batches of 100 000 holders back to back.
 //!
-//! `cargo run --release -p healthgate-benches --bin recolour_p99 -- [RATE] [SECONDS]`
+//! `cargo run --release -p healthgate-benches --bin recolor_p99 -- [RATE] [SECONDS]`
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -51,8 +51,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let (kid, issuer) = healthgate::operations::keyfiles::read_secret(&env.issuer_key)?;
     let turnstile = env.api_key(healthgate::operations::auth::Role::Turnstile).to_owned();
-    // Scans target holders the recolour never touches (the first 100 000
-    // are recoloured), at the metro, going out (no anti-passback), so every
+    // Scans target holders the recolor never touches (the first 100 000
+    // are recolored), at the metro, going out (no anti-passback), so every
     // answer should be the same pass.
     let greens: Vec<_> =
         (RECOLOUR as u64..POPULATION).filter(|&i| env.population.color(i) == Color::Green).take(5000).collect();
@@ -79,14 +79,14 @@ async fn main() -> anyhow::Result<()> {
     let client: Client<_, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build(connector);
     let scan_url = format!("http://{public}/v1/scan");
-    let run_phase = |label: &'static str, recolour: bool| {
+    let run_phase = |label: &'static str, recolor: bool| {
         let (client, codes, url, key) = (client.clone(), codes.clone(), scan_url.clone(), turnstile.clone());
         let env = env.clone();
         async move {
             let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds")));
             let bad = Arc::new(Mutex::new(0u64));
-            let pushing = Arc::new(AtomicBool::new(recolour));
-            let pusher = recolour.then(|| {
+            let pushing = Arc::new(AtomicBool::new(recolor));
+            let pusher = recolor.then(|| {
                 let pushing = pushing.clone();
                 let env = env.clone();
                 let admin = format!("http://{admin}/v1/admin/updates");
@@ -184,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
                 *bad.lock().expect("bad"),
                 pushed
                     .map(|(n, d)| format!(
-                        "  recoloured {n} holders in {:.1?} ({:.0} changes/s end to end)",
+                        "  recolored {n} holders in {:.1?} ({:.0} changes/s end to end)",
                         d,
                         n as f64 / d.as_secs_f64()
                     ))
@@ -194,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("{rate} scans/s for {seconds} s per phase, {POPULATION} holders, batches of {RECOLOUR}");
     run_phase("baseline", false).await;
-    run_phase("during recolour", true).await;
+    run_phase("during recolor", true).await;
     let _ = stop_tx.send(());
     let _ = server.await;
     Ok(())
