@@ -12,6 +12,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # unit file check
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)            # package contents
 # schemathesis runs in a virtualenv made below
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server) # replica tests (docs/CLUSTER.md)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -21,6 +21,7 @@
 pub mod authority;
 pub mod effect;
 pub mod lifecycle;
+pub mod replica;
 pub mod scan;
 pub mod shadow;
 
@@ -129,6 +130,12 @@ pub struct Gateway {
     wal: OnceLock<Arc<Wal>>,
     /// Snapshot, index and retention state once recovery has run.
     durable: OnceLock<Durable>,
+    /// A `[cluster]` is configured: effects merge (see [`replica`]).
+    clustered: bool,
+    /// The replication layer, once started (the `cluster` module).
+    replica: OnceLock<Arc<dyn replica::Replica>>,
+    /// The last durable LSN, moved by the log writer after each batch.
+    durable_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl Gateway {
@@ -156,6 +163,9 @@ impl Gateway {
             config_path: config.path.clone(),
             wal: OnceLock::new(),
             durable: OnceLock::new(),
+            clustered: config.cluster.is_some(),
+            replica: OnceLock::new(),
+            durable_tx: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -211,6 +221,7 @@ impl Gateway {
         self.loaded.load(Ordering::Acquire)
             && !self.draining.load(Ordering::Acquire)
             && !self.wal.get().is_some_and(|w| w.is_failed())
+            && self.replica.get().is_none_or(|r| r.caught_up())
     }
 
     /// Logs a record if logging is on. Called under the lock that orders

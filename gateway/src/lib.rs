@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //!
+//! - [`cluster`]: replicas sharing state through NATS JetStream (docs/CLUSTER.md).
 //! - [`gateway`]: the `Gateway` and its parts: live state, scans and check-ins, the authority feed, effects.
 //! - [`store`]: the concurrent colour store (per-holder state under entry locks).
 //! - [`serving`]: HTTP: listeners, routing, API keys, the server's run loop.
@@ -13,6 +14,7 @@
 //! - re-exported from `healthgate-core`: [`token`], [`trust`], [`keyfile`], [`verify`], [`policy`],
 //!   [`state`], [`feed`], [`revocation`], [`codec`], [`population`], [`clock`], [`color`], [`holder`].
 
+pub mod cluster;
 pub mod durability;
 pub mod gateway;
 pub mod operations;

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod cluster_settings;
 pub mod config;
 pub mod demo;
 pub mod keyfiles;

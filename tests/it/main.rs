@@ -4,6 +4,7 @@
 mod architecture;
 mod authority;
 mod cli;
+mod cluster;
 mod contract;
 mod durability;
 mod errors;

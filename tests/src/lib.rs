@@ -4,6 +4,7 @@
 //! The gateway is configured by `healthgate::operations::demo::prepare`, the same code
 //! that `healthgate demo` runs, so the tests exercise the shipped defaults.
 
+pub mod nats;
 pub mod promql;
 pub mod tools;
 
@@ -71,6 +72,12 @@ impl TestGateway {
         let text = std::fs::read_to_string(&env.config).expect("config");
         std::fs::write(&env.config, edit(text)).expect("config");
         Self::launch(dir, env, ManualClock::new(now), disk).await
+    }
+
+    /// Starts a gateway on a prepared deployment folder (replicas: copies of
+    /// one demo, each with its own data directory and `[cluster]`).
+    pub async fn start_in(dir: tempfile::TempDir, env: Env, clock: ManualClock) -> TestGateway {
+        Self::launch(dir, env, clock, None).await
     }
 
     async fn launch(

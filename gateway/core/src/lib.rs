@@ -12,6 +12,7 @@
 //! - [`verify`]: the one verification path: decoded token → `VerifiedToken` or a `Reason`.
 //! - [`policy`]: the rules as one pure function, `decide`, over a `VerifiedToken`.
 //! - [`state`]: per-holder state as data (compact state, timed steps, effective colour).
+//! - [`merge`]: how replicas merge a holder's effects in any order (docs/CLUSTER.md).
 //! - [`feed`]: the authority's signed batches: wire types and canonical signing input.
 //! - [`revocation`]: the revocation set behind a Bloom filter, and the filter's export codec.
 //! - [`codec`]: stable one-byte codes of the enums written to disk.
@@ -24,6 +25,7 @@ pub mod color;
 pub mod feed;
 pub mod holder;
 pub mod keyfile;
+pub mod merge;
 pub mod policy;
 pub mod population;
 pub mod revocation;

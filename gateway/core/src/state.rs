@@ -95,6 +95,21 @@ impl HolderState {
     pub fn exit(&mut self) {
         self.flags &= !INSIDE;
     }
+    /// The anti-passback register as a whole: inside or not, the station
+    /// group, and the time it was last written (replicas merge it by that
+    /// time, `crate::merge`).
+    pub fn passback(&self) -> (bool, u16, UnixSecs) {
+        (self.flags & INSIDE != 0, self.passback_group, u64::from(self.passback_at))
+    }
+    pub fn set_passback(&mut self, inside: bool, group: u16, at: UnixSecs) {
+        if inside {
+            self.flags |= INSIDE;
+        } else {
+            self.flags &= !INSIDE;
+        }
+        self.passback_group = group;
+        self.passback_at = secs32(at);
+    }
     pub fn checkin_day(&self) -> Option<u16> {
         (self.checkin_day != 0).then_some(self.checkin_day)
     }

@@ -91,7 +91,7 @@
 //! demand. redb's `Durability::Eventual` is no help here: on Linux it fsyncs
 //! exactly like `Immediate`.
 //!
-//! redb 2, not 3 or 4: those need a newer Rust than our MSRV. Files are
+//! redb 2, not 4 (it needs a newer Rust than our MSRV; 3 is a move of its own). Files are
 //! created in redb's v3 file format, which redb 3 and later open without an
 //! upgrade step.
 

@@ -248,6 +248,23 @@ pub fn first_record_time(head: &[u8]) -> Option<UnixSecs> {
     }
 }
 
+/// Reads the whole, valid frames of a segment for a reader that follows the
+/// log while the writer appends (the cluster's shipper), and the frames of
+/// a message that carries log records. `head` is the segment's first bytes
+/// (its magic, if it has one), `bytes` what the segment holds from byte
+/// `offset` on. Calls `f(record, end)` for each frame in order, `end` being
+/// the segment offset just after it, and stops at the first frame that is
+/// incomplete or does not check: the writer may be in the middle of it.
+/// Never changes anything (recovery, not this, cuts torn tails).
+pub fn follow_frames(head: &[u8], offset: usize, bytes: &[u8], mut f: impl FnMut(Record, usize)) {
+    let (format, start) = Format::of(head);
+    let mut off = start.saturating_sub(offset).min(bytes.len());
+    while let Ok(Some((rec, end))) = frame_at(bytes, off, format) {
+        f(rec, offset + end);
+        off = end;
+    }
+}
+
 /// Reads the log and calls `apply` for every record with LSN `>= from`, in
 /// order. A torn tail of the last segment is cut off; a bad record anywhere
 /// else, or followed by a valid record, stops recovery with an error.

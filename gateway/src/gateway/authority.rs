@@ -45,9 +45,12 @@ impl Gateway {
     /// Applies a signed batch of colour changes, all or nothing, and
     /// answers once it is durable. Returns the new epoch.
     pub async fn apply_updates(&self, batch: &UpdateBatch) -> Result<u64, FeedError> {
+        if let Some(r) = self.replica.get() {
+            return r.submit(super::replica::AuthorityBatch::Updates(batch.clone())).await;
+        }
         let logged = batch.verify(&self.live().authority_keys).and_then(|changes| {
             let event = Event::Updates { seq: batch.seq, changes };
-            self.in_feed_order(batch.seq, event)
+            self.in_feed_order(batch.seq, event, None)
         });
         self.settle_batch("updates", logged).await
     }
@@ -55,9 +58,12 @@ impl Gateway {
     /// Applies a signed batch of revocations, all or nothing, and answers
     /// once it is durable. Returns the new epoch.
     pub async fn apply_revocations(&self, batch: &RevocationBatch) -> Result<u64, FeedError> {
+        if let Some(r) = self.replica.get() {
+            return r.submit(super::replica::AuthorityBatch::Revocations(batch.clone())).await;
+        }
         let logged = batch.verify(&self.live().authority_keys).and_then(|()| {
             let event = Event::Revocations { seq: batch.seq, entries: batch.revocations.clone() };
-            self.in_feed_order(batch.seq, event)
+            self.in_feed_order(batch.seq, event, None)
         });
         self.settle_batch("revocations", logged).await
     }
@@ -67,18 +73,64 @@ impl Gateway {
     /// batch is logged and applied with no colour change of a scan between,
     /// and a snapshot (which reads the log position under the read lock)
     /// never sees it half-applied.
-    fn in_feed_order(&self, seq: u64, event: Event) -> Result<(u64, Option<Ticket>), FeedError> {
+    fn in_feed_order(&self, seq: u64, event: Event, at: Option<UnixSecs>) -> Result<(u64, Option<Ticket>), FeedError> {
         let _order = self.feed.order.write().unwrap_or_else(|e| e.into_inner());
         let last = *self.feed.last_seq.lock().unwrap_or_else(|e| e.into_inner());
         if seq <= last {
             return Err(FeedError::Replay { got: seq, last });
         }
-        let now = self.now();
+        let now = at.unwrap_or_else(|| self.now());
         // Log first: if the log refuses, nothing changes. The log keeps its
         // own copy (it outlives this call in the writer's queue).
         let ticket = self.log(now, || event.clone()).map_err(|e| FeedError::Unavailable(e.to_string()))?;
         let epoch = self.apply_feed_event(&event, now);
         Ok((epoch, ticket))
+    }
+
+    /// Applies an authority batch read from the cluster's order stream, with
+    /// the same checks as a posted one (signature by this replica's own
+    /// keys, sequence after the last applied), logged and applied as at
+    /// `at`, the time the replica that received it accepted it, so that
+    /// every replica stores the same `since`. Returns the epoch and the LSN
+    /// of its log record; counted like a posted batch.
+    pub fn apply_replicated(
+        &self,
+        batch: &super::replica::AuthorityBatch,
+        at: UnixSecs,
+    ) -> Result<(u64, u64), FeedError> {
+        use super::replica::AuthorityBatch;
+        let keys = &self.live().authority_keys;
+        let (kind, logged) = match batch {
+            AuthorityBatch::Updates(b) => (
+                "updates",
+                b.verify(keys)
+                    .and_then(|changes| self.in_feed_order(b.seq, Event::Updates { seq: b.seq, changes }, Some(at))),
+            ),
+            AuthorityBatch::Revocations(b) => (
+                "revocations",
+                b.verify(keys).and_then(|()| {
+                    let event = Event::Revocations { seq: b.seq, entries: b.revocations.clone() };
+                    self.in_feed_order(b.seq, event, Some(at))
+                }),
+            ),
+        };
+        let r = match &logged {
+            Ok(_) => "applied",
+            Err(FeedError::Malformed(_)) => "malformed",
+            Err(FeedError::Unauthenticated(_)) => "unauthenticated",
+            Err(FeedError::Replay { .. }) => "replay",
+            Err(FeedError::Unavailable(_)) => "unavailable",
+        };
+        self.metrics().feed_batches.with_label_values(&[kind, r]).inc();
+        logged.map(|(epoch, ticket)| (epoch, ticket.map_or(0, |t| t.lsn)))
+    }
+
+    /// Sets the feed position, back as well as forward: a replica restarts
+    /// its order stream where its last snapshot's positions say.
+    pub fn set_feed_seq(&self, seq: u64) {
+        let mut last = self.feed.last_seq.lock().unwrap_or_else(|e| e.into_inner());
+        *last = seq;
+        self.metrics().feed_last_seq.set(i64::try_from(seq).unwrap_or(i64::MAX));
     }
 
     /// Waits for a logged batch to be durable, and counts it.

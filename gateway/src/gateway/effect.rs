@@ -9,16 +9,24 @@ use crate::store::Update;
 use crate::{Color, UnixSecs};
 
 /// Applies a holder's effect as at `at` (and the check-in day, for a
-/// check-in); returns the colour change the store applies with it.
+/// check-in); returns the colour change the store applies with it. A
+/// replica (`merge`) merges the effect by the rule every replica uses for
+/// the others' effects too (`healthgate_core::merge`), so that the order in
+/// which effects reach a replica cannot matter.
 pub(crate) fn settle(
     state: &mut HolderState,
     effect: &Effect,
     at: UnixSecs,
     checkin_day: Option<u16>,
+    merge: bool,
 ) -> Option<(Color, Vec<Step>)> {
-    effect.apply(state, at);
-    if let Some(day) = checkin_day {
-        state.set_checkin_day(day);
+    if merge {
+        healthgate_core::merge::merge(state, effect, at, checkin_day);
+    } else {
+        effect.apply(state, at);
+        if let Some(day) = checkin_day {
+            state.set_checkin_day(day);
+        }
     }
     effect.color.clone()
 }
@@ -56,13 +64,17 @@ impl Gateway {
                 _ => return,
             },
             Event::Checkin { holder, day, effect, .. } => (*holder, effect, Some(*day)),
+            // A replica re-reads authority batches from the order stream,
+            // in their place among the other colour changes, not from its
+            // own log (docs/CLUSTER.md).
+            Event::Updates { .. } | Event::Revocations { .. } if self.clustered => return,
             Event::Updates { .. } | Event::Revocations { .. } => {
                 self.apply_feed_event(&rec.event, rec.at);
                 return;
             }
         };
         self.store.update(&holder, rec.at, |entry| match entry {
-            Some((_, state)) => Update::Commit((), settle(state, effect, rec.at, day)),
+            Some((_, state)) => Update::Commit((), settle(state, effect, rec.at, day, self.clustered)),
             None => Update::Abort(()),
         });
     }

@@ -142,7 +142,9 @@ impl Gateway {
         let log_metrics =
             LogMetrics { batch_records: m.log_batch_records.clone(), fsync_seconds: m.log_fsync_seconds.clone() };
         let (indexer, feeder) = Indexer::start(index, recovered.next_lsn - 1, log_metrics).map_err(io(&log.dir))?;
-        let wal = Wal::start(storage, log.wal.clone(), &recovered, feeder);
+        self.durable_tx.send_replace(recovered.next_lsn - 1);
+        let observer = super::replica::Tee { inner: feeder, durable: self.durable_tx.clone() };
+        let wal = Wal::start(storage, log.wal.clone(), &recovered, observer);
         let _ = self.wal.set(wal);
         let _ = self.durable.set(Durable {
             settings: log.clone(),
@@ -162,6 +164,9 @@ impl Gateway {
         let (Some(wal), Some(d)) = (self.wal.get(), self.durable.get()) else { return Ok(0) };
         // One writer at a time: two would write the same temporary file.
         let _writer = d.snapshot_writer.lock().unwrap_or_else(|e| e.into_inner());
+        // A replica's stream positions, read before anything else: every
+        // message up to them is in the store the snapshot reads.
+        let positions = self.replica.get().map(|r| r.capture());
         let meta = {
             let _order = self.feed.read_order();
             Meta {
@@ -181,6 +186,9 @@ impl Gateway {
         self.metrics().snapshots.with_label_values(&[label]).inc();
         result?;
         d.snapshot_lsn.store(meta.lsn, Ordering::Release);
+        if let (Some(r), Some(p)) = (self.replica.get(), positions) {
+            r.snapshot_written(p);
+        }
         Ok(meta.lsn)
     }
 

@@ -205,7 +205,7 @@ impl Gateway {
                     Ok(t) => t,
                     Err(e) => return Update::Abort(Locked::Failed(e)),
                 };
-                Update::Commit(Locked::Done(d, ticket), settle(state, &effect, now, None))
+                Update::Commit(Locked::Done(d, ticket), settle(state, &effect, now, None, self.clustered))
             });
             match locked {
                 Locked::Done(decision, ticket) => {
@@ -281,7 +281,7 @@ impl Gateway {
                 Ok(t) => t,
                 Err(e) => return Update::Abort(Err(CheckinError::Unavailable(e))),
             };
-            let change = settle(state, &effect, now, Some(today));
+            let change = settle(state, &effect, now, Some(today), self.clustered);
             let health_record = state.health_at().map(crate::clock::format_rfc3339);
             Update::Commit(Ok((color, reason, health_record, ticket)), change)
         });

@@ -90,6 +90,8 @@ pub struct RawConfig {
     pub revocations: RawRevocations,
     #[serde(default)]
     pub log: RawLog,
+    /// Replicas sharing state through NATS JetStream (docs/CLUSTER.md).
+    pub cluster: Option<crate::operations::cluster_settings::RawCluster>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,6 +247,8 @@ pub struct Config {
     /// Index into the policy's regions.
     pub default_region: Option<usize>,
     pub log: Option<LogSettings>,
+    /// `None`: a single gateway.
+    pub cluster: Option<crate::operations::cluster_settings::ClusterSettings>,
 }
 
 impl Config {
@@ -422,7 +426,21 @@ impl Config {
             purge_interval: Duration::from_secs(l.purge_interval_s.unwrap_or(defaults::PURGE_INTERVAL_S).max(1)),
         });
 
+        let cluster = match raw.cluster {
+            None => None,
+            // A replica ships from its own log: without one it would have
+            // nothing durable to ship and nothing to recover from.
+            Some(_) if log.is_none() => {
+                return Err(invalid("cluster", "needs the log: log.mode strict or async".into()))
+            }
+            Some(c) => Some(
+                crate::operations::cluster_settings::ClusterSettings::from_raw(c, base)
+                    .map_err(|(field, why)| invalid(field, why))?,
+            ),
+        };
+
         Ok(Config {
+            cluster,
             log,
             path: path.to_owned(),
             server,

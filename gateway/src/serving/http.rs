@@ -216,6 +216,7 @@ async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<I
         (Listener::Admin, &Method::GET, "/v1/admin/feed") => feed_state(gw, &req),
         (Listener::Admin, &Method::GET, "/v1/admin/visits") => visits(gw, &req, None).await,
         (Listener::Admin, &Method::GET, "/openapi.yaml") => Ok(openapi()),
+        (Listener::Admin, &Method::GET, "/v1/admin/cluster/state") => cluster_state(gw, &req).await,
         (Listener::Admin, &Method::GET, p) if p.starts_with("/v1/admin/holders/") && p.ends_with("/visits") => {
             // Not a slice by lengths: "/v1/admin/holders/visits" has both
             // affixes overlapping.
@@ -249,7 +250,12 @@ async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<I
 fn readyz(gw: &Gateway) -> Response<Body> {
     let ready = gw.is_ready();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json_response(status, serde_json::to_vec(&serde_json::json!({ "ready": ready })).expect("json"))
+    let mut body = serde_json::json!({ "ready": ready });
+    // A replica says how fresh it is (docs/CLUSTER.md).
+    if let Some(r) = gw.replica() {
+        body["cluster"] = r.status();
+    }
+    json_response(status, serde_json::to_vec(&body).expect("json"))
 }
 
 fn metrics(gw: &Gateway) -> Response<Body> {
@@ -492,6 +498,32 @@ fn time_param(req: &Request<Incoming>, name: &str, default: u64) -> Result<u64, 
     }
 }
 
+/// `GET /v1/admin/cluster/state[?holders=1]`: the state digest, and every
+/// holder's state as JSON lines after it (docs/CLUSTER.md).
+async fn cluster_state(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authorize(gw, req, &[Role::Operator, Role::Authority])?;
+    let holders = query_param(req.uri().query(), "holders").is_some_and(|v| v == "1");
+    let at = gw.now();
+    // The whole store is walked: off the request workers. The gateway is
+    // shared by reference only, so the walk borrows it in place.
+    let body = tokio::task::block_in_place(|| {
+        let mut out = Vec::new();
+        let mut lines = Vec::new();
+        let mut push = |l: &crate::cluster::digest::HolderLine| {
+            let _ = serde_json::to_writer(&mut lines, l);
+            lines.push(b'\n');
+        };
+        let summary = crate::cluster::digest::summarize(gw, at, if holders { Some(&mut push) } else { None });
+        let _ = serde_json::to_writer(&mut out, &summary);
+        out.push(b'\n');
+        out.extend_from_slice(&lines);
+        out
+    });
+    let mut r = Response::new(full(body));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
 /// `GET /v1/admin/visits?checkpoint=ID&from=&to=` and
 /// `GET /v1/admin/holders/{hex}/visits?from=&to=`: JSON lines, streamed.
 async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>) -> Result<Response<Body>, ApiError> {
@@ -514,6 +546,12 @@ async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>)
     })?;
     // Read your writes: everything acknowledged before the query is in it.
     gw.index_caught_up().await;
+    // A replica answers for the cluster: its own index and the others'.
+    let sources = gw.replica().map(|r| {
+        let mut s = vec![(r.node().to_owned(), index.clone())];
+        s.extend(r.remote_visits());
+        s
+    });
     let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(8);
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -530,10 +568,27 @@ async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>)
             }
             open
         };
-        let result = match (&holder, &checkpoint) {
-            (Some(h), _) => index.by_holder(h, from, to, &mut emit),
-            (None, Some(c)) => index.by_checkpoint(c, from, to, &mut emit),
-            (None, None) => Ok(()),
+        let result = match (&holder, &checkpoint, sources) {
+            (_, _, Some(sources)) => {
+                let q = match (&holder, &checkpoint) {
+                    (Some(h), _) => crate::cluster::tracing::Query::Holder(*h),
+                    (None, c) => crate::cluster::tracing::Query::Checkpoint(c.clone().unwrap_or_default()),
+                };
+                crate::cluster::tracing::merged(&sources, &q, from, to, &mut |v| {
+                    if serde_json::to_writer(&mut buf, &v).is_err() {
+                        return false;
+                    }
+                    buf.push(b'\n');
+                    if buf.len() >= 60 << 10 {
+                        let chunk = Bytes::from(std::mem::take(&mut buf));
+                        open = handle.block_on(tx.send_data(chunk)).is_ok();
+                    }
+                    open
+                })
+            }
+            (Some(h), _, None) => index.by_holder(h, from, to, &mut emit),
+            (None, Some(c), None) => index.by_checkpoint(c, from, to, &mut emit),
+            (None, None, None) => Ok(()),
         };
         match result {
             Ok(()) if !buf.is_empty() => {

@@ -25,6 +25,8 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
     Task(String),
+    #[error("joining the cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 pub struct Listeners {
@@ -106,6 +108,17 @@ pub async fn run_with(
             .await
             .map_err(|e| RunError::Task(e.to_string()))?
     };
+    // A replica joins its cluster once its own state is back, and turns
+    // ready only when it has read the streams up to where they ended.
+    let recovered = match recovered {
+        Ok(r) => match (&config.cluster, &config.log) {
+            (Some(c), Some(l)) => {
+                crate::cluster::Cluster::start(gw.clone(), c, &l.dir).await.map(|_| r).map_err(RunError::from)
+            }
+            _ => Ok(r),
+        },
+        Err(e) => Err(RunError::Recovery(e)),
+    };
     let result = match recovered {
         Ok(r) => {
             tracing::info!(
@@ -132,13 +145,16 @@ pub async fn run_with(
             tracing::info!("shutting down: draining");
             Ok(())
         }
-        Err(e) => Err(RunError::Recovery(e)),
+        Err(e) => Err(e),
     };
     gw.start_draining();
     let _ = stop_tx.send(true);
     let _ = public.await;
     let _ = admin.await;
     // In-flight requests are answered; write a last snapshot and close the log.
+    if let Some(c) = gw.replica() {
+        c.stop();
+    }
     let gw2 = gw.clone();
     let _ = tokio::task::spawn_blocking(move || gw2.close_log()).await;
     result

@@ -1,0 +1,166 @@
+//! The records stream's reader: the other replicas' durable log records.
+//!
+//! Each message is a run of one replica's log records (scans of known
+//! holders and check-ins), in that replica's log format. Their effects on
+//! holders, less colour (the order stream carries colour), are merged by
+//! the commutative rule (`healthgate_core::merge`), so the order across
+//! replicas does not matter and a record applied twice changes nothing.
+//! Their registrations go into that replica's own tracing index here,
+//! `data/cluster/visits-<node>.redb`, keyed by its LSNs: the index skips
+//! what it holds already, which is the at-least-once delivery's
+//! deduplication.
+
+use super::{streams, Cluster, ClusterError};
+use crate::durability::indexer::visit_of;
+use crate::durability::visits::{Visit, VisitIndex};
+use crate::durability::wal::record::{Event, Record};
+use crate::durability::wal::{self, SEGMENT_MAGIC};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RETRY: Duration = Duration::from_millis(250);
+
+fn index_path(data_dir: &Path, node: &str) -> std::path::PathBuf {
+    data_dir.join("cluster").join(format!("visits-{node}.redb"))
+}
+
+pub fn open_remote_index(data_dir: &Path, node: &str) -> Result<VisitIndex, ClusterError> {
+    let dir = data_dir.join("cluster");
+    std::fs::create_dir_all(&dir).map_err(|e| ClusterError::Index { node: node.into(), why: e.to_string() })?;
+    VisitIndex::open(&index_path(data_dir, node))
+        .map_err(|e| ClusterError::Index { node: node.into(), why: e.to_string() })
+}
+
+/// Opens the remote indexes found on disk (other nodes' only).
+pub fn open_remote_indexes(data_dir: &Path, me: &str) -> Result<HashMap<String, Arc<VisitIndex>>, ClusterError> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(data_dir.join("cluster")) else { return Ok(out) };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(node) = name.strip_prefix("visits-").and_then(|n| n.strip_suffix(".redb")) {
+            if node != me {
+                out.insert(node.to_owned(), Arc::new(open_remote_index(data_dir, node)?));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The records a message carries; `None` when one does not check or the
+/// count is not the one announced.
+pub fn decode(payload: &[u8], announced: Option<usize>) -> Option<Vec<Record>> {
+    let mut out = Vec::new();
+    let mut end = SEGMENT_MAGIC.len();
+    wal::follow_frames(&SEGMENT_MAGIC, SEGMENT_MAGIC.len(), payload, |r, e| {
+        out.push(r);
+        end = e;
+    });
+    let whole = end - SEGMENT_MAGIC.len() == payload.len();
+    (whole && announced.is_none_or(|n| n == out.len())).then_some(out)
+}
+
+pub async fn run(c: Arc<Cluster>) {
+    let durable = format!("hg-{}-records", c.settings.node);
+    let own = c.settings.records_subject(&c.settings.node);
+    let prefix = format!("{}.records.", c.settings.subject_prefix);
+    loop {
+        let pos = c.records_pos.load(std::sync::atomic::Ordering::Acquire);
+        match streams::last_sequence(&c.js, &c.settings.records_stream).await {
+            Ok(last) if last < pos => {
+                // Lost tail: the senders publish it again; merging is idempotent.
+                ::tracing::warn!(
+                    applied = pos,
+                    stream_last = last,
+                    "the records stream ends before what this replica applied"
+                );
+                c.records_applied(last);
+                continue;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        }
+        let consumer = match streams::consumer(&c.js, &c.settings.records_stream, &durable, pos + 1).await {
+            Ok(x) => x,
+            Err(_) => {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let Ok(mut messages) = consumer.messages().await else {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        while let Some(m) = messages.next().await {
+            let Ok(m) = m else { break };
+            let Ok(info) = m.info() else { continue };
+            let (seq, pending, published) = (info.stream_sequence, info.pending, info.published);
+            let subject = m.subject.as_str();
+            if subject != own {
+                match subject.strip_prefix(&prefix) {
+                    Some(node) if !node.is_empty() => {
+                        let count = streams::header(m.headers.as_ref(), "Hg-Count").and_then(|n| n.parse().ok());
+                        match decode(&m.payload, count) {
+                            Some(records) => {
+                                let started = Instant::now();
+                                if let Err(e) = apply(&c, node, records).await {
+                                    // The message stays unacknowledged and the
+                                    // position unmoved: read again after a pause.
+                                    ::tracing::error!(node, error = %e, "applying remote records failed");
+                                    break;
+                                }
+                                c.metrics.apply_seconds.set(started.elapsed().as_secs_f64());
+                            }
+                            None => {
+                                c.metrics.refused.with_label_values(&["malformed"]).inc();
+                            }
+                        }
+                    }
+                    _ => c.metrics.refused.with_label_values(&["unknown_subject"]).inc(),
+                }
+            }
+            c.records_applied(seq);
+            let waited = (time::OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0);
+            c.set_freshness(1, pending, if pending == 0 { 0.0 } else { waited });
+            let _ = m.ack().await;
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Merges a run of `node`'s records and indexes its registrations (on the
+/// blocking pool: the index writes a file).
+async fn apply(c: &Arc<Cluster>, node: &str, records: Vec<Record>) -> Result<(), String> {
+    let index = c.remote_index(node).map_err(|e| e.to_string())?;
+    let gw = c.gw.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut visits: Vec<Visit> = Vec::with_capacity(records.len());
+        for r in &records {
+            match &r.event {
+                Event::Scan(s) => {
+                    if let Some(h) = s.holder {
+                        if !s.effect.is_empty() {
+                            gw.merge_replicated(&h, &s.effect, r.at, None);
+                        }
+                    }
+                }
+                Event::Checkin { holder, day, effect, .. } => gw.merge_replicated(holder, effect, r.at, Some(*day)),
+                Event::Updates { .. } | Event::Revocations { .. } => {}
+            }
+            if let Some(v) = visit_of(r) {
+                // Increasing LSNs only (a run published again may overlap).
+                if visits.last().is_none_or(|l: &Visit| l.lsn < v.lsn) {
+                    visits.push(v);
+                }
+            }
+        }
+        index.insert(&visits).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
