@@ -11,6 +11,7 @@
 #   (e) gateway      the morning-peak commuter profile, scaled x SCALE and
 #                    compressed to DURATION seconds, every answer checked
 #   (f) wrk and healthgate-loadgen against bare_http: requests per CPU-second
+#   (g) scripts/bench-tls.sh: the TLS cost with keep-alive (TLS=0 skips it)
 #
 # Every run lasts DURATION seconds (plus the drain of what is in flight).
 # Prints a table, the ratios (c)/(a) and (d)/(b), and keeps the loadgen's
@@ -232,4 +233,11 @@ if [ "$e_ok" != true ] || [ "$D_MISM" != 0 ]; then
   echo "FAILED: wrong answers or errors under load (see $WORK/{d-gateway-scan,e-morning-peak}.log)" >&2
   KEEP=1
   exit 1
+fi
+
+# (g) what TLS costs with keep-alive: plain and --tls demos side by side in
+# one run (its own script, so that it can also run alone). TLS=0 skips it.
+if [ "${TLS:-1}" = 1 ]; then
+  echo
+  DURATION=$DURATION CONNECTIONS=$CONNECTIONS THREADS=$THREADS SIZE=$SIZE SLO=$SLO scripts/bench-tls.sh
 fi

@@ -77,6 +77,8 @@ pub enum RunError {
     Connect { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls { addr: SocketAddr, source: std::io::Error },
 }
 
 /// How to drive the target (validated settings; see `main.rs` for flags).
@@ -111,7 +113,7 @@ struct Planned {
 /// What the lanes share. Immutable but for the counters.
 struct Shared {
     t0: Instant,
-    addr: SocketAddr,
+    endpoint: Endpoint,
     host: HeaderValue,
     bearer: HeaderValue,
     json: HeaderValue,
@@ -131,11 +133,29 @@ struct Shared {
 
 type Conn = SendRequest<Full<Bytes>>;
 
-async fn connect(addr: SocketAddr) -> Result<Conn, RunError> {
+async fn connect(endpoint: &Endpoint) -> Result<Conn, RunError> {
+    let addr = endpoint.addr;
     let stream = TcpStream::connect(addr).await.map_err(|source| RunError::Connect { addr, source })?;
     // Requests are small and answers awaited one at a time: Nagle would
     // only add delay.
     stream.set_nodelay(true).map_err(|source| RunError::Connect { addr, source })?;
+    match &endpoint.tls {
+        None => handshake(addr, stream).await,
+        Some(tls) => {
+            let stream = tls
+                .connector
+                .connect(tls.name.clone(), stream)
+                .await
+                .map_err(|source| RunError::Tls { addr, source })?;
+            handshake(addr, stream).await
+        }
+    }
+}
+
+async fn handshake<S>(addr: SocketAddr, stream: S) -> Result<Conn, RunError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) =
         http1::handshake(TokioIo::new(stream)).await.map_err(|source| RunError::Handshake { addr, source })?;
     tokio::spawn(async move {
@@ -173,7 +193,7 @@ impl Shared {
         let attempt = async {
             if conn.as_ref().is_none_or(|c| c.is_closed()) {
                 *conn = None;
-                *conn = Some(connect(self.addr).await.map_err(|e| e.to_string())?);
+                *conn = Some(connect(&self.endpoint).await.map_err(|e| e.to_string())?);
             }
             let c = conn.as_mut().expect("connected above");
             c.ready().await.map_err(|e| e.to_string())?;
@@ -339,7 +359,8 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
     let n = settings.connections.max(1);
     let mut conns = tokio::task::JoinSet::new();
     for _ in 0..n {
-        conns.spawn(connect(settings.endpoint.addr));
+        let endpoint = settings.endpoint.clone();
+        conns.spawn(async move { connect(&endpoint).await });
     }
     let mut ready = Vec::with_capacity(n);
     while let Some(c) = conns.join_next().await {
@@ -399,7 +420,7 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
     let base_path = settings.endpoint.base_path.clone();
     let shared = Arc::new(Shared {
         t0: Instant::now(),
-        addr: settings.endpoint.addr,
+        endpoint: settings.endpoint.clone(),
         host: settings.endpoint.host.clone(),
         bearer: settings.bearer.clone(),
         json: HeaderValue::from_static("application/json"),
@@ -546,7 +567,7 @@ mod tests {
 
     fn settings(addr: SocketAddr, connections: usize) -> Settings {
         Settings {
-            endpoint: Endpoint::parse(&format!("http://{addr}")).unwrap(),
+            endpoint: Endpoint::parse(&format!("http://{addr}"), None).unwrap(),
             bearer: HeaderValue::from_static("Bearer test"),
             api: Api::Scan,
             connections,

@@ -52,6 +52,10 @@ struct Args {
     /// API key (default: env.json's turnstile or inspector key).
     #[arg(long)]
     api_key: Option<String>,
+    /// PEM file of the CA that signed an https gateway's certificate
+    /// (default: env.json's `ca_cert`, written by `healthgate demo --tls`).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Secret key file of the trusted issuer that signs the codes.
     #[arg(long, value_name = "FILE")]
     issuer_key: Option<PathBuf>,
@@ -173,7 +177,8 @@ fn settings(args: &Args) -> Result<(Settings, Schedule, Generator)> {
     };
     let check = !args.no_check;
     let url = args.url.clone().or_else(|| env.as_ref().map(|e| e.public_url.clone()));
-    let endpoint = Endpoint::parse(&url.context("--url or --env is required")?)?;
+    let ca = args.ca.clone().or_else(|| env.as_ref().and_then(|e| e.ca_cert.clone()));
+    let endpoint = Endpoint::parse(&url.context("--url or --env is required")?, ca.as_deref())?;
     let key = args.api_key.clone().or_else(|| {
         env.as_ref().map(|e| match api {
             Api::Scan => e.api_keys.turnstile.clone(),

@@ -169,6 +169,11 @@ pub(crate) struct Demo {
 
 impl Demo {
     pub(crate) fn start() -> Demo {
+        Demo::start_with(&[])
+    }
+
+    /// A demo with `extra` flags (e.g. `--tls`), ready to serve.
+    pub(crate) fn start_with(extra: &[&str]) -> Demo {
         let dir = tempfile::tempdir().unwrap();
         let demo = dir.path().join("demo");
         let child = Command::new(healthgate_bin())
@@ -183,6 +188,7 @@ impl Demo {
                 "--admin",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -197,14 +203,26 @@ impl Demo {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let d = Demo { child, env: env.expect("demo wrote env.json"), _dir: dir };
-        let admin = d.env.admin_url.trim_start_matches("http://").to_owned();
         for _ in 0..600 {
-            if http(&admin, "GET", "/readyz", "", "").starts_with("HTTP/1.1 200") {
+            if d.ready() {
                 return d;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         panic!("demo never became ready");
+    }
+
+    /// `GET /readyz` answers 200, over HTTPS with the demo's CA when it
+    /// serves TLS.
+    fn ready(&self) -> bool {
+        let Some(ca) = &self.env.ca_cert else {
+            let admin = self.env.admin_url.trim_start_matches("http://");
+            return http(admin, "GET", "/readyz", "", "").starts_with("HTTP/1.1 200");
+        };
+        let client = healthgate::operations::client::ApiClient::new(&self.env.admin_url, "", Some(ca)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(client.request(http::Method::GET, "/readyz", None))
+            .is_ok_and(|(status, _)| status == http::StatusCode::OK)
     }
 
     pub(crate) fn public(&self) -> String {
@@ -387,7 +405,23 @@ pub(crate) fn http(addr: &str, method: &str, path: &str, key: &str, body: &str) 
 /// answer checked: it fails on any wrong decision, never on speed.
 #[test]
 fn commuter_profile_correctness_run() {
-    let d = Demo::start();
+    commuter_run(&Demo::start());
+}
+
+/// `healthgate demo --tls` serves HTTPS on both listeners with a CA it
+/// names in env.json, and the load generator speaks it from env.json alone
+/// (every answer checked); plain HTTP gets no answer there.
+#[test]
+fn the_demo_serves_https_and_the_load_generator_speaks_it() {
+    let d = Demo::start_with(&["--tls"]);
+    assert!(d.env.public_url.starts_with("https://") && d.env.admin_url.starts_with("https://"), "{:?}", d.env);
+    assert!(d.env.ca_cert.as_ref().is_some_and(|ca| ca.exists()));
+    let plain = d.env.public_url.trim_start_matches("https://");
+    assert!(!http(plain, "GET", "/healthz", "", "").starts_with("HTTP/1.1"), "plain HTTP answered on the TLS port");
+    commuter_run(&d);
+}
+
+fn commuter_run(d: &Demo) {
     let loadgen = healthgate_bin().with_file_name("healthgate-loadgen");
     assert!(loadgen.exists(), "{} is missing: build the workspace's binaries first", loadgen.display());
     let env_json = d.env.config.with_file_name("env.json");
