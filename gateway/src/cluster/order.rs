@@ -107,8 +107,19 @@ pub async fn run(c: Arc<Cluster>) {
                 continue;
             }
         };
-        while let Some(m) = messages.next().await {
-            let Ok(m) = m else { break };
+        loop {
+            // A pull that died with its connection (a partition) may never
+            // end: when nothing comes while the stream holds more than this
+            // replica applied, read again from the position.
+            let next = match tokio::time::timeout(super::probe::IDLE, messages.next()).await {
+                Ok(next) => next,
+                Err(_) if c.reader_behind(0) => {
+                    ::tracing::info!("order reader idle while the stream holds more: reading again");
+                    break;
+                }
+                Err(_) => continue,
+            };
+            let Some(Ok(m)) = next else { break };
             let Ok(info) = m.info() else { continue };
             let (seq, pending, published) = (info.stream_sequence, info.pending, info.published);
             if seq <= c.order_position().0 {

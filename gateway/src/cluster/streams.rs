@@ -38,6 +38,9 @@ pub async fn connect(
         .name(format!("healthgate-{}", s.node))
         .connection_timeout(s.connect_timeout)
         .max_reconnects(None)
+        // Notice a dead connection (a partition drops packets silently) in
+        // a few seconds rather than the client's default minutes.
+        .ping_interval(Duration::from_secs(2))
         // Reconnect quickly: a replica cut off is stale until it is back.
         .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
         .event_callback(move |event| {
