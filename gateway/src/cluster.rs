@@ -276,6 +276,11 @@ impl Cluster {
         self.records_end.store(records, Ordering::Release);
     }
 
+    /// The client reconnected since `generation` (a count of connections).
+    fn reconnected_since(&self, generation: u64) -> bool {
+        self.connections.load(Ordering::Acquire) != generation
+    }
+
     /// The probe saw stream 0 (order) or 1 (records) end after what this
     /// replica applied.
     fn reader_behind(&self, stream: usize) -> bool {

@@ -281,6 +281,14 @@ fn partitions_leave_cut_off_replicas_serving_and_stale_and_they_converge_after_t
     tracing_has(&[a, b, c], &acked);
 }
 
+/// Sets its flag when dropped, panicking or not.
+struct StopOnDrop<'a>(&'a AtomicBool);
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A small deterministic generator (the seed is printed).
 struct Lcg(u64);
 impl Lcg {
@@ -405,7 +413,9 @@ fn three_replicas_under_mixed_load_and_random_kills_converge() {
             });
         }
         // Faults, one at a time, each waited out before the next: first a
-        // replica, then nats-server, then at random.
+        // replica, then nats-server, then at random. If this fails, the
+        // clients stop too (the scope waits for them before it reports).
+        let _stop_clients = StopOnDrop(&stop);
         let started = Instant::now();
         let mut round = 0;
         while started.elapsed() < Duration::from_secs(secs) {
