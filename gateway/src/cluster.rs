@@ -17,6 +17,8 @@
 //!   (merged) and registrations (indexed per node);
 //! - [`shipper`]: follows this replica's durable log and publishes it;
 //! - [`positions`]: `data/cluster.json`, saved with each snapshot;
+//! - [`probe`]: asks JetStream every half second; a replica that has not
+//!   heard from it for a while says it is stale;
 //! - [`digest`]: the state digest and dump the convergence checks compare;
 //! - [`tracing`]: tracing answers merged over this replica's index and the
 //!   others'.
@@ -24,6 +26,7 @@
 pub mod digest;
 pub mod order;
 pub mod positions;
+pub mod probe;
 pub mod records;
 pub mod shipper;
 pub mod streams;
@@ -40,7 +43,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -78,6 +81,8 @@ pub struct ClusterMetrics {
     pub refused: IntCounterVec,
     pub connected: IntGauge,
     pub apply_seconds: Gauge,
+    pub contact_age: Gauge,
+    pub stale: IntGauge,
 }
 
 impl ClusterMetrics {
@@ -115,6 +120,14 @@ impl ClusterMetrics {
                 "healthgate_cluster_last_apply_seconds",
                 "CPU time of the last records-stream message applied",
             )?,
+            contact_age: Gauge::new(
+                "healthgate_cluster_contact_age_seconds",
+                "Seconds since JetStream last answered this replica's probe",
+            )?,
+            stale: IntGauge::new(
+                "healthgate_cluster_stale",
+                "1 while this replica has not heard from JetStream recently (serving from what it holds)",
+            )?,
         };
         r.register(Box::new(m.applied.clone()))?;
         r.register(Box::new(m.lag_messages.clone()))?;
@@ -124,6 +137,8 @@ impl ClusterMetrics {
         r.register(Box::new(m.refused.clone()))?;
         r.register(Box::new(m.connected.clone()))?;
         r.register(Box::new(m.apply_seconds.clone()))?;
+        r.register(Box::new(m.contact_age.clone()))?;
+        r.register(Box::new(m.stale.clone()))?;
         Ok(m)
     }
 }
@@ -166,6 +181,13 @@ pub struct Cluster {
     /// Counts reconnections: the shipper asks the streams where it stands
     /// again after each (the server may have restarted without its tail).
     connections: Arc<AtomicU64>,
+    /// When the cluster started, and the last time (milliseconds after
+    /// it) a probe sent then was answered.
+    started: Instant,
+    last_contact_ms: AtomicU64,
+    /// The streams' ends as the probe last saw them.
+    order_end: AtomicU64,
+    records_end: AtomicU64,
     /// Other replicas' tracing indexes, opened as their records arrive.
     remote: Mutex<HashMap<String, Arc<VisitIndex>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -208,6 +230,10 @@ impl Cluster {
             shipped: AtomicU64::new(0),
             connected,
             connections,
+            started: Instant::now(),
+            last_contact_ms: AtomicU64::new(0),
+            order_end: AtomicU64::new(order_end),
+            records_end: AtomicU64::new(records_end),
             remote: Mutex::new(remote),
             tasks: Mutex::new(Vec::new()),
             gw: gw.clone(),
@@ -217,6 +243,7 @@ impl Cluster {
             tokio::spawn(order::run(cluster.clone())),
             tokio::spawn(records::run(cluster.clone())),
             tokio::spawn(shipper::run(cluster.clone())),
+            tokio::spawn(probe::run(cluster.clone())),
         ];
         *cluster.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         gw.attach_replica(cluster.clone());
@@ -236,6 +263,57 @@ impl Cluster {
     }
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// A probe asked at `asked` was answered.
+    fn contacted(&self, asked: Instant) {
+        let ms = asked.saturating_duration_since(self.started).as_millis() as u64;
+        self.last_contact_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    fn set_stream_ends(&self, (order, records): (u64, u64)) {
+        self.order_end.store(order, Ordering::Release);
+        self.records_end.store(records, Ordering::Release);
+    }
+
+    /// The client reconnected since `generation` (a count of connections).
+    fn reconnected_since(&self, generation: u64) -> bool {
+        self.connections.load(Ordering::Acquire) != generation
+    }
+
+    /// The probe saw stream 0 (order) or 1 (records) end after what this
+    /// replica applied.
+    fn reader_behind(&self, stream: usize) -> bool {
+        match stream {
+            0 => self.order_end.load(Ordering::Acquire) > self.order_position().0,
+            _ => self.records_end.load(Ordering::Acquire) > self.records_pos.load(Ordering::Acquire),
+        }
+    }
+
+    /// Time since JetStream last answered a probe.
+    pub fn contact_age(&self) -> Duration {
+        let at = self.started + Duration::from_millis(self.last_contact_ms.load(Ordering::Acquire));
+        Instant::now().saturating_duration_since(at)
+    }
+
+    /// Disconnected, or not heard from JetStream for [`probe::STALE_AFTER`]:
+    /// answers come from what this replica holds, which may be behind.
+    pub fn is_stale(&self) -> bool {
+        !self.is_connected() || self.contact_age() > probe::STALE_AFTER
+    }
+
+    /// Messages of the order stream not applied yet: what the reader last
+    /// saw pending, or the stream's end as the probe saw it, whichever says
+    /// more (an idle or cut-off reader sees nothing pending).
+    fn order_lag(&self) -> u64 {
+        let seen = self.freshness.lock().unwrap_or_else(|e| e.into_inner())[0].lag_messages;
+        seen.max(self.order_end.load(Ordering::Acquire).saturating_sub(self.order_position().0))
+    }
+
+    fn update_staleness(&self) {
+        self.metrics.contact_age.set(self.contact_age().as_secs_f64());
+        self.metrics.stale.set(i64::from(self.is_stale()));
+        self.metrics.lag_messages.with_label_values(&["order"]).set(self.order_lag() as i64);
     }
 
     fn order_position(&self) -> (u64, u64) {
@@ -363,11 +441,15 @@ impl Replica for Cluster {
         let f = *self.freshness.lock().unwrap_or_else(|e| e.into_inner());
         let durable = *self.gw.durable_watch().borrow();
         let shipped = self.shipped.load(Ordering::Acquire);
+        let order_lag = self.order_lag();
+        let stale = self.is_stale();
         serde_json::json!({
             "node": self.settings.node,
             "connected": self.is_connected(),
-            "caught_up": self.caught_up() && self.is_connected() && f[0].lag_messages == 0,
-            "order": {"applied": order, "lag_messages": f[0].lag_messages, "lag_seconds": f[0].lag_seconds},
+            "stale": stale,
+            "contact_age_seconds": (self.contact_age().as_secs_f64() * 1000.0).round() / 1000.0,
+            "caught_up": self.caught_up() && !stale && order_lag == 0,
+            "order": {"applied": order, "lag_messages": order_lag, "lag_seconds": f[0].lag_seconds},
             "records": {"applied": records, "lag_messages": f[1].lag_messages, "lag_seconds": f[1].lag_seconds},
             "shipper": {"shipped_lsn": shipped, "backlog": durable.saturating_sub(shipped)},
             "publish_failures": self.metrics.publish_failures.get(),

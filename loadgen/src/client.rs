@@ -85,6 +85,11 @@ pub enum RunError {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub endpoint: Endpoint,
+    /// Further replicas of the same deployment (`--url a,b,c`): connection
+    /// `i` goes to `i mod (1 + replicas.len())`, the first to `endpoint`.
+    /// Every holder's requests travel on one connection, so each holder
+    /// stays on one replica and every answer is checked as on one gateway.
+    pub replicas: Vec<Endpoint>,
     /// `Bearer <key>`.
     pub bearer: HeaderValue,
     pub api: Api,
@@ -113,8 +118,8 @@ struct Planned {
 /// What the lanes share. Immutable but for the counters.
 struct Shared {
     t0: Instant,
-    endpoint: Endpoint,
-    host: HeaderValue,
+    /// Where each connection goes (by index): address, `Host` and TLS.
+    targets: Vec<Endpoint>,
     bearer: HeaderValue,
     json: HeaderValue,
     scan_uri: Uri,
@@ -167,7 +172,11 @@ where
 }
 
 impl Shared {
-    fn request(&self, scan: &Scan) -> Request<Full<Bytes>> {
+    fn target(&self, conn: usize) -> &Endpoint {
+        &self.targets[conn % self.targets.len()]
+    }
+
+    fn request(&self, target: usize, scan: &Scan) -> Request<Full<Bytes>> {
         let (method, uri, body) = match &scan.request {
             Req::Scan(body) => (Method::POST, self.scan_uri.clone(), body.clone()),
             Req::Lookup(h) => {
@@ -179,7 +188,7 @@ impl Shared {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         let h = req.headers_mut();
-        h.insert(HOST, self.host.clone());
+        h.insert(HOST, self.target(target).host.clone());
         h.insert(AUTHORIZATION, self.bearer.clone());
         if matches!(scan.request, Req::Scan(_)) {
             h.insert(CONTENT_TYPE, self.json.clone());
@@ -189,15 +198,20 @@ impl Shared {
 
     /// One exchange on the lane's connection, (re)connecting if needed.
     /// Any failure drops the connection: its state is unknown.
-    async fn exchange(&self, conn: &mut Option<Conn>, scan: &Scan) -> (Outcome, Option<String>, Option<String>) {
+    async fn exchange(
+        &self,
+        target: usize,
+        conn: &mut Option<Conn>,
+        scan: &Scan,
+    ) -> (Outcome, Option<String>, Option<String>) {
         let attempt = async {
             if conn.as_ref().is_none_or(|c| c.is_closed()) {
                 *conn = None;
-                *conn = Some(connect(&self.endpoint).await.map_err(|e| e.to_string())?);
+                *conn = Some(connect(self.target(target)).await.map_err(|e| e.to_string())?);
             }
             let c = conn.as_mut().expect("connected above");
             c.ready().await.map_err(|e| e.to_string())?;
-            let resp = c.send_request(self.request(scan)).await.map_err(|e| e.to_string())?;
+            let resp = c.send_request(self.request(target, scan)).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
             let body =
                 Limited::new(resp.into_body(), MAX_ANSWER).collect().await.map_err(|e| e.to_string())?.to_bytes();
@@ -247,9 +261,9 @@ impl Shared {
 }
 
 /// A virtual turnstile: one connection, one request in flight, FIFO.
-async fn lane(shared: Arc<Shared>, mut conn: Option<Conn>, mut jobs: mpsc::UnboundedReceiver<Planned>) {
+async fn lane(shared: Arc<Shared>, target: usize, mut conn: Option<Conn>, mut jobs: mpsc::UnboundedReceiver<Planned>) {
     while let Some(p) = jobs.recv().await {
-        let (outcome, mismatch, error) = shared.exchange(&mut conn, &p.scan).await;
+        let (outcome, mismatch, error) = shared.exchange(target, &mut conn, &p.scan).await;
         if let Some(e) = error {
             if shared.errors_shown.fetch_add(1, Ordering::Relaxed) < SHOW_ERRORS {
                 eprintln!("error: {} request ({}): {e}", p.scan.kind.name(), outcome_name(outcome));
@@ -357,14 +371,16 @@ fn send_chunked(
 pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -> Result<Summary, RunError> {
     let cpu_start = cpu_time(false);
     let n = settings.connections.max(1);
+    let targets: Vec<Endpoint> = std::iter::once(&settings.endpoint).chain(&settings.replicas).cloned().collect();
     let mut conns = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let endpoint = settings.endpoint.clone();
-        conns.spawn(async move { connect(&endpoint).await });
+    for i in 0..n {
+        let endpoint = targets[i % targets.len()].clone();
+        conns.spawn(async move { (i, connect(&endpoint).await) });
     }
-    let mut ready = Vec::with_capacity(n);
+    let mut ready: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
     while let Some(c) = conns.join_next().await {
-        ready.push(c.expect("connect does not panic")?);
+        let (i, c) = c.expect("connect does not panic");
+        ready[i] = Some(c?);
     }
 
     // The producer signs ahead; tokens carry Unix times derived from the
@@ -420,8 +436,7 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
     let base_path = settings.endpoint.base_path.clone();
     let shared = Arc::new(Shared {
         t0: Instant::now(),
-        endpoint: settings.endpoint.clone(),
-        host: settings.endpoint.host.clone(),
+        targets,
         bearer: settings.bearer.clone(),
         json: HeaderValue::from_static("application/json"),
         scan_uri: format!("{base_path}/v1/scan").parse().expect("a valid path"),
@@ -471,10 +486,10 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
 
     let mut lanes = Vec::with_capacity(n);
     let mut lane_tasks = tokio::task::JoinSet::new();
-    for conn in ready {
+    for (i, conn) in ready.into_iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         lanes.push(tx);
-        lane_tasks.spawn(lane(shared.clone(), Some(conn), rx));
+        lane_tasks.spawn(lane(shared.clone(), i, conn, rx));
     }
     let dispatcher = {
         let (shared, dispatched, max_backlog) = (shared.clone(), dispatched.clone(), settings.max_backlog);
@@ -568,6 +583,7 @@ mod tests {
     fn settings(addr: SocketAddr, connections: usize) -> Settings {
         Settings {
             endpoint: Endpoint::parse(&format!("http://{addr}"), None).unwrap(),
+            replicas: vec![],
             bearer: HeaderValue::from_static("Bearer test"),
             api: Api::Scan,
             connections,
@@ -619,5 +635,48 @@ mod tests {
         };
         let schedule = Schedule::constant(10.0, Duration::from_millis(100)).unwrap();
         assert!(matches!(run(settings(closed, 1), schedule, generator()).await, Err(RunError::Connect { .. })));
+    }
+
+    /// A server that answers `pass` and counts the requests it got.
+    async fn counting_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let counted = counted.clone();
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                br#"{"decision":"pass","color":"green","reason":"ok","epoch":1}"#,
+                            ))))
+                        }
+                    });
+                    let _ = server::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        (addr, count)
+    }
+
+    /// Several replica URLs: the connections are spread over all of them,
+    /// and every request is answered by one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_schedule_spread_over_replicas() {
+        let servers = [counting_server().await, counting_server().await, counting_server().await];
+        let mut s = settings(servers[0].0, 6);
+        s.replicas = servers[1..].iter().map(|(a, _)| Endpoint::parse(&format!("http://{a}"), None).unwrap()).collect();
+        let schedule = Schedule::constant(600.0, Duration::from_millis(500)).unwrap();
+        let sum = run(s, schedule, generator()).await.unwrap();
+        assert_eq!(sum.answered, 300, "{sum}");
+        let counts: Vec<usize> = servers.iter().map(|(_, c)| c.load(Ordering::SeqCst)).collect();
+        assert_eq!(counts.iter().sum::<usize>() as u64, sum.answered + sum.cleanup.count, "{counts:?}");
+        assert!(counts.iter().all(|&c| c > 0), "every replica gets a share: {counts:?}");
     }
 }

@@ -46,9 +46,12 @@ struct Args {
     /// A demo's env.json: URL, API keys, issuer key, checkpoints, population.
     #[arg(long, value_name = "FILE")]
     env: Option<PathBuf>,
-    /// Base URL of the gateway's public API (overrides env.json).
-    #[arg(long)]
-    url: Option<String>,
+    /// Base URL of the gateway's public API (overrides env.json). Several
+    /// replicas of one deployment: repeat it or give a comma list; the
+    /// connections are spread over them, each holder staying on one, and
+    /// every answer is still checked.
+    #[arg(long, value_delimiter = ',')]
+    url: Vec<String>,
     /// API key (default: env.json's turnstile or inspector key).
     #[arg(long)]
     api_key: Option<String>,
@@ -176,9 +179,16 @@ fn settings(args: &Args) -> Result<(Settings, Schedule, Generator)> {
         TargetApi::Lookup => Api::Lookup,
     };
     let check = !args.no_check;
-    let url = args.url.clone().or_else(|| env.as_ref().map(|e| e.public_url.clone()));
+    let mut urls = args.url.clone();
+    if urls.is_empty() {
+        urls.extend(env.as_ref().map(|e| e.public_url.clone()));
+    }
     let ca = args.ca.clone().or_else(|| env.as_ref().and_then(|e| e.ca_cert.clone()));
-    let endpoint = Endpoint::parse(&url.context("--url or --env is required")?, ca.as_deref())?;
+    let endpoint = Endpoint::parse(urls.first().context("--url or --env is required")?, ca.as_deref())?;
+    let replicas = urls[1..].iter().map(|u| Endpoint::parse(u, ca.as_deref())).collect::<Result<Vec<_>, _>>()?;
+    if args.connections < urls.len() {
+        bail!("--connections ({}) must be at least the number of --url targets ({})", args.connections, urls.len());
+    }
     let key = args.api_key.clone().or_else(|| {
         env.as_ref().map(|e| match api {
             Api::Scan => e.api_keys.turnstile.clone(),
@@ -227,6 +237,7 @@ fn settings(args: &Args) -> Result<(Settings, Schedule, Generator)> {
     }
     let settings = Settings {
         endpoint,
+        replicas,
         bearer,
         api,
         connections: args.connections,
@@ -252,7 +263,10 @@ fn settings(args: &Args) -> Result<(Settings, Schedule, Generator)> {
 }
 
 fn url_of(args: &Args, env: Option<&Env>) -> String {
-    args.url.clone().or_else(|| env.map(|e| e.public_url.clone())).unwrap_or_default()
+    match args.url.is_empty() {
+        true => env.map(|e| e.public_url.clone()).unwrap_or_default(),
+        false => args.url.join(","),
+    }
 }
 
 fn main() -> ExitCode {

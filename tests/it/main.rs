@@ -5,6 +5,7 @@ mod architecture;
 mod authority;
 mod cli;
 mod cluster;
+mod cluster_faults;
 mod contract;
 mod durability;
 mod errors;

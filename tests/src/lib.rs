@@ -6,6 +6,7 @@
 
 pub mod nats;
 pub mod promql;
+pub mod replicas;
 pub mod tools;
 
 use bytes::Bytes;

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 pub struct NatsServer {
     pub port: u16,
+    /// The network namespace it runs in (the lab's), if any, and the
+    /// address replicas reach it at.
+    ns: Option<String>,
+    host: String,
     store: PathBuf,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
@@ -19,9 +23,19 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-fn spawn(port: u16, store: &Path) -> Child {
-    Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+fn spawn(ns: Option<&str>, port: u16, store: &Path) -> Child {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "nats-server"]);
+            c
+        }
+        None => Command::new("nats-server"),
+    };
+    // Inside a lab namespace it listens on every address of that namespace
+    // (its loopback and its links); outside, on 127.0.0.1 only.
+    let listen = if ns.is_some() { "0.0.0.0" } else { "127.0.0.1" };
+    cmd.args(["-a", listen, "-p", &port.to_string(), "-js", "-sd"])
         .arg(store)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -29,9 +43,9 @@ fn spawn(port: u16, store: &Path) -> Child {
         .expect("nats-server (Debian package nats-server; scripts/test.sh installs it)")
 }
 
-fn wait_listening(port: u16) {
+fn wait_listening(ns: Option<&str>, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while crate::replicas::in_netns(ns, || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()) {
         assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -42,13 +56,29 @@ impl NatsServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = dir.path().join("js");
         let port = free_port();
-        let child = spawn(port, &store);
-        wait_listening(port);
-        NatsServer { port, store, child: Some(child), _dir: Some(dir) }
+        let child = spawn(None, port, &store);
+        wait_listening(None, port);
+        NatsServer { port, ns: None, host: "127.0.0.1".into(), store, child: Some(child), _dir: Some(dir) }
+    }
+
+    /// Starts one inside a lab namespace, reached by the replicas at
+    /// `host` (the namespace's own port space: any port is free there).
+    pub fn start_in(ns: &str, host: &str) -> NatsServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("js");
+        let port = 4222;
+        let child = spawn(Some(ns), port, &store);
+        wait_listening(Some(ns), port);
+        NatsServer { port, ns: Some(ns.to_owned()), host: host.to_owned(), store, child: Some(child), _dir: Some(dir) }
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
+    }
+
+    /// The URL for a replica that reaches the server at `host`.
+    pub fn url_at(&self, host: &str) -> String {
+        format!("nats://{host}:{}", self.port)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -68,8 +98,8 @@ impl NatsServer {
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.stop(false);
-        self.child = Some(spawn(self.port, &self.store));
-        wait_listening(self.port);
+        self.child = Some(spawn(self.ns.as_deref(), self.port, &self.store));
+        wait_listening(self.ns.as_deref(), self.port);
     }
 }
 

@@ -65,7 +65,9 @@ async fn republish_lost(c: &Cluster, last: u64) {
 
 pub async fn run(c: Arc<Cluster>) {
     let durable = format!("hg-{}-order", c.settings.node);
+    let mut recent = streams::Recent::default();
     loop {
+        let generation = c.connections.load(std::sync::atomic::Ordering::Acquire);
         let (pos, _) = c.order_position();
         // The stream may have lost its tail (nats-server killed before its
         // own fsync): what this replica applied past the end is applied; the
@@ -81,10 +83,35 @@ pub async fn run(c: Arc<Cluster>) {
                 c.metrics.refused.with_label_values(&["stream_rewound"]).inc();
                 republish_lost(&c, last).await;
                 c.recent_batches.lock().unwrap_or_else(|e| e.into_inner()).retain(|k| k.seq <= last);
+                recent.forget_after(last);
                 c.order_rewound(last);
                 continue;
             }
             Ok(_) => {}
+            Err(e) => {
+                ::tracing::debug!(error = %e, "order stream unavailable");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        }
+        // It may also have lost its tail and given the same sequences to
+        // newer messages since: what it holds where this replica applied
+        // its last messages must be those messages.
+        match recent.diverged(&c.js, &c.settings.order_stream, pos).await {
+            Ok(None) => {}
+            Ok(Some(at)) => {
+                ::tracing::warn!(
+                    applied = pos,
+                    agrees_up_to = at,
+                    "the order stream holds other messages where this replica applied its own: it lost messages"
+                );
+                c.metrics.refused.with_label_values(&["stream_rewound"]).inc();
+                republish_lost(&c, at).await;
+                c.recent_batches.lock().unwrap_or_else(|e| e.into_inner()).retain(|k| k.seq <= at);
+                recent.forget_after(at);
+                c.order_rewound(at);
+                continue;
+            }
             Err(e) => {
                 ::tracing::debug!(error = %e, "order stream unavailable");
                 tokio::time::sleep(RETRY).await;
@@ -107,14 +134,30 @@ pub async fn run(c: Arc<Cluster>) {
                 continue;
             }
         };
-        while let Some(m) = messages.next().await {
-            let Ok(m) = m else { break };
+        loop {
+            // A pull that died with its connection (a partition) may never
+            // end: when nothing comes while the stream holds more than this
+            // replica applied, read again from the position.
+            let next = match tokio::time::timeout(super::probe::IDLE, messages.next()).await {
+                Ok(next) => next,
+                Err(_) if c.reader_behind(0) || c.reconnected_since(generation) => {
+                    ::tracing::info!("order reader idle while the stream holds more: reading again");
+                    break;
+                }
+                Err(_) => continue,
+            };
+            let Some(Ok(m)) = next else { break };
+            if c.reconnected_since(generation) {
+                // The server may have restarted without its tail: check
+                // what it holds before applying anything more.
+                break;
+            }
             let Ok(info) = m.info() else { continue };
             let (seq, pending, published) = (info.stream_sequence, info.pending, info.published);
             if seq <= c.order_position().0 {
-                // Delivered again (an acknowledgement was lost): applied.
-                let _ = m.ack().await;
-                continue;
+                // Delivered again (an acknowledgement was lost), or the
+                // stream reused sequences: look again from the top.
+                break;
             }
             let outcome = apply(&c, &m.subject, m.headers.as_ref(), &m.payload).await;
             if matches!(outcome, Some(Ok(_))) {
@@ -130,6 +173,7 @@ pub async fn run(c: Arc<Cluster>) {
                     kept.pop_front();
                 }
             }
+            recent.push(seq, m.headers.as_ref());
             c.order_applied(seq, outcome);
             let waited = (time::OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0);
             // Nothing pending: caught up, whatever the last message waited.

@@ -66,7 +66,9 @@ pub async fn run(c: Arc<Cluster>) {
     let durable = format!("hg-{}-records", c.settings.node);
     let own = c.settings.records_subject(&c.settings.node);
     let prefix = format!("{}.records.", c.settings.subject_prefix);
+    let mut recent = streams::Recent::default();
     loop {
+        let generation = c.connections.load(std::sync::atomic::Ordering::Acquire);
         let pos = c.records_pos.load(std::sync::atomic::Ordering::Acquire);
         match streams::last_sequence(&c.js, &c.settings.records_stream).await {
             Ok(last) if last < pos => {
@@ -76,10 +78,30 @@ pub async fn run(c: Arc<Cluster>) {
                     stream_last = last,
                     "the records stream ends before what this replica applied"
                 );
+                recent.forget_after(last);
                 c.records_applied(last);
                 continue;
             }
             Ok(_) => {}
+            Err(_) => {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        }
+        // Lost tail with the sequences given to newer messages since: read
+        // again from where the stream still holds what was applied.
+        match recent.diverged(&c.js, &c.settings.records_stream, pos).await {
+            Ok(None) => {}
+            Ok(Some(at)) => {
+                ::tracing::warn!(
+                    applied = pos,
+                    agrees_up_to = at,
+                    "the records stream lost messages this replica applied"
+                );
+                recent.forget_after(at);
+                c.records_applied(at);
+                continue;
+            }
             Err(_) => {
                 tokio::time::sleep(RETRY).await;
                 continue;
@@ -96,8 +118,22 @@ pub async fn run(c: Arc<Cluster>) {
             tokio::time::sleep(RETRY).await;
             continue;
         };
-        while let Some(m) = messages.next().await {
-            let Ok(m) = m else { break };
+        loop {
+            // A pull that died with its connection (a partition) may never
+            // end: when nothing comes while the stream holds more than this
+            // replica applied, read again from the position.
+            let next = match tokio::time::timeout(super::probe::IDLE, messages.next()).await {
+                Ok(next) => next,
+                Err(_) if c.reader_behind(1) || c.reconnected_since(generation) => {
+                    ::tracing::info!("records reader idle while the stream holds more: reading again");
+                    break;
+                }
+                Err(_) => continue,
+            };
+            let Some(Ok(m)) = next else { break };
+            if c.reconnected_since(generation) {
+                break;
+            }
             let Ok(info) = m.info() else { continue };
             let (seq, pending, published) = (info.stream_sequence, info.pending, info.published);
             let subject = m.subject.as_str();
@@ -124,6 +160,7 @@ pub async fn run(c: Arc<Cluster>) {
                     _ => c.metrics.refused.with_label_values(&["unknown_subject"]).inc(),
                 }
             }
+            recent.push(seq, m.headers.as_ref());
             c.records_applied(seq);
             let waited = (time::OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0);
             c.set_freshness(1, pending, if pending == 0 { 0.0 } else { waited });

@@ -19,6 +19,8 @@ pub const H_KIND: &str = "Hg-Kind";
 pub const H_AT: &str = "Hg-At";
 pub const H_FIRST_LSN: &str = "Hg-First-Lsn";
 pub const H_LAST_LSN: &str = "Hg-Last-Lsn";
+/// JetStream's message id header (what deduplicates publishes).
+pub const MSG_ID: &str = "Nats-Msg-Id";
 
 /// Connects (failing at once when no server answers: a replica that cannot
 /// reach its cluster at start says so), then reconnects forever.
@@ -38,6 +40,9 @@ pub async fn connect(
         .name(format!("healthgate-{}", s.node))
         .connection_timeout(s.connect_timeout)
         .max_reconnects(None)
+        // Notice a dead connection (a partition drops packets silently) in
+        // a few seconds rather than the client's default minutes.
+        .ping_interval(Duration::from_secs(2))
         // Reconnect quickly: a replica cut off is stale until it is back.
         .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
         .event_callback(move |event| {
@@ -180,4 +185,50 @@ pub async fn publish_authority(c: &Cluster, kind: &str, at: u64, body: Vec<u8>) 
 /// A header's value as text.
 pub fn header<'a>(h: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
     h?.get(name).map(|v| v.as_str())
+}
+
+/// How many (stream sequence, message id) pairs a reader remembers of what
+/// it applied.
+pub const RECENT_IDS: usize = 1024;
+
+/// What a reader applied last, by stream sequence: to tell a stream that
+/// lost its tail (nats-server killed before its own fsync) and has since
+/// given the same sequences to other messages.
+#[derive(Default)]
+pub struct Recent(std::collections::VecDeque<(u64, String)>);
+
+impl Recent {
+    pub fn push(&mut self, seq: u64, headers: Option<&HeaderMap>) {
+        let id = header(headers, MSG_ID).unwrap_or_default();
+        self.0.push_back((seq, id.to_owned()));
+        while self.0.len() > RECENT_IDS {
+            self.0.pop_front();
+        }
+    }
+
+    pub fn forget_after(&mut self, seq: u64) {
+        self.0.retain(|(s, _)| *s <= seq);
+    }
+
+    /// Where the stream still holds what this reader applied: `None` when
+    /// it does at `pos`; `Some(p)`, `p < pos`, when the messages after `p`
+    /// are not the ones applied (read again from `p + 1`).
+    pub async fn diverged(&self, js: &jetstream::Context, stream: &str, pos: u64) -> Result<Option<u64>, String> {
+        let Some(&(oldest, _)) = self.0.front() else { return Ok(None) };
+        if pos == 0 {
+            return Ok(None);
+        }
+        let st = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+        for (seq, id) in self.0.iter().rev().filter(|(s, _)| *s <= pos) {
+            let there = match st.get_raw_message(*seq).await {
+                Ok(m) => header(Some(&m.headers), MSG_ID).map(str::to_owned),
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+                Err(e) => return Err(e.to_string()),
+            };
+            if there.unwrap_or_default() == *id {
+                return Ok((*seq < pos).then_some(*seq));
+            }
+        }
+        Ok(Some(oldest.saturating_sub(1)))
+    }
 }
