@@ -93,6 +93,8 @@ pub enum RecoveryError {
     Corrupt { name: String, offset: usize, why: &'static str },
     #[error("log segment {name}: {why}")]
     Inconsistent { name: String, why: String },
+    #[error("log records {from} to {to} are missing: {why}; refusing to start without them")]
+    Missing { from: u64, to: u64, why: String },
 }
 
 /// Resolves when the record is durable (or never will be).
@@ -265,6 +267,17 @@ pub fn follow_frames(head: &[u8], offset: usize, bytes: &[u8], mut f: impl FnMut
     }
 }
 
+/// The log's segments in LSN order, each with the LSN its name says it
+/// starts at.
+pub fn segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>, RecoveryError> {
+    Ok(storage
+        .list()
+        .map_err(|source| RecoveryError::Io { name: "<dir>".into(), source })?
+        .into_iter()
+        .filter_map(|n| segment_lsn(&n).map(|l| (l, n)))
+        .collect())
+}
+
 /// Reads the log and calls `apply` for every record with LSN `>= from`, in
 /// order. A torn tail of the last segment is cut off; a bad record anywhere
 /// else, or followed by a valid record, stops recovery with an error.
@@ -274,12 +287,7 @@ pub fn recover(
     from: u64,
     mut apply: impl FnMut(&Record),
 ) -> Result<Recovered, RecoveryError> {
-    let names: Vec<(u64, String)> = storage
-        .list()
-        .map_err(|source| RecoveryError::Io { name: "<dir>".into(), source })?
-        .into_iter()
-        .filter_map(|n| segment_lsn(&n).map(|l| (l, n)))
-        .collect();
+    let names = segments(&*storage)?;
     let mut out = Recovered { next_lsn: 1, tail: None, replayed: 0, truncated_bytes: 0 };
     let mut expected: Option<u64> = None;
     for (i, (first, name)) in names.iter().enumerate() {

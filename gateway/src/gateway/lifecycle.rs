@@ -97,15 +97,30 @@ impl Gateway {
         self.add_revocations(&meta.revocations, now, self.live().revocation_filter);
         self.set_feed_seq_at_least(meta.feed_seq);
 
-        let index = Arc::new(VisitIndex::open(&log.dir.join("visits.redb"))?);
-        let indexed_lsn = index.indexed_lsn()?;
+        let (index, indexed_lsn) = self.open_index(&log.dir.join("visits.redb"))?;
         let mut storage: Box<dyn Storage> = match storage {
             Some(s) => s,
             None => Box::new(FsStorage::open(&log.dir.join("wal")).map_err(io(&log.dir))?),
         };
+        // The log must continue the snapshot: its first segment starts at
+        // or before the first record the snapshot lacks. (The index may be
+        // further behind: retention removed what it could no longer get.)
+        if let Some((first, name)) = wal::segments(&*storage)?.into_iter().next() {
+            if first > meta.lsn + 1 {
+                return Err(RecoveryError::Missing {
+                    from: meta.lsn + 1,
+                    to: first - 1,
+                    why: format!(
+                        "the snapshot covers the log up to LSN {} but its first segment, {name}, starts at LSN {first}",
+                        meta.lsn
+                    ),
+                }
+                .into());
+            }
+        }
         let mut visits = Vec::new();
         let mut index_err = None;
-        let mut recovered = wal::recover(&mut *storage, meta.lsn.min(indexed_lsn) + 1, |rec| {
+        let recovered = wal::recover(&mut *storage, meta.lsn.min(indexed_lsn) + 1, |rec| {
             if rec.lsn > meta.lsn {
                 self.replay(rec);
                 report.replayed += 1;
@@ -132,11 +147,18 @@ impl Gateway {
         report.indexed += visits.len() as u64;
         index.insert(&visits)?;
         report.truncated_bytes = recovered.truncated_bytes;
-        if recovered.next_lsn <= meta.lsn {
-            // The snapshot is ahead of the log (the log was removed): go on
-            // after the snapshot in a new segment.
-            recovered.next_lsn = meta.lsn + 1;
-            recovered.tail = None;
+        // The log must reach everything the snapshot and the index have
+        // seen: both saw only durable records, so a shorter log lost some.
+        let end = recovered.next_lsn - 1;
+        for (seen, by) in [(meta.lsn, "the snapshot"), (indexed_lsn, "the tracing index")] {
+            if end < seen {
+                return Err(RecoveryError::Missing {
+                    from: end + 1,
+                    to: seen,
+                    why: format!("{by} has seen LSN {seen} but the log in {} ends at LSN {end}", log.dir.display()),
+                }
+                .into());
+            }
         }
         let m = self.metrics();
         let log_metrics =
@@ -156,6 +178,34 @@ impl Gateway {
         m.recovery_seconds.set(report.elapsed.as_secs_f64());
         m.recovery_replayed.set(report.replayed as i64);
         Ok(report)
+    }
+
+    /// Opens the tracing index and reads its high-water mark. A damaged
+    /// index (it fails to open, to pass its checksums, or to be read) is set
+    /// aside as `visits.redb.damaged-<unix time>` with a warning and a new,
+    /// empty one is opened: recovery fills it from the log.
+    fn open_index(&self, path: &Path) -> Result<(Arc<VisitIndex>, u64), PersistError> {
+        let attempt = || {
+            // A damaged file must not take the process down: redb may panic
+            // on some damage its checksums do not cover.
+            std::panic::catch_unwind(|| VisitIndex::open(path).and_then(|i| Ok((i.indexed_lsn()?, i))))
+                .unwrap_or(Err(VisitError::Corrupt("the index panicked while opening")))
+        };
+        match attempt() {
+            Ok((lsn, index)) => Ok((Arc::new(index), lsn)),
+            Err(e) => {
+                let aside = path.with_extension(format!("redb.damaged-{}", self.now()));
+                std::fs::rename(path, &aside).map_err(|source| PersistError::Io { path: path.to_owned(), source })?;
+                tracing::warn!(
+                    error = %e, index = %path.display(), moved_to = %aside.display(),
+                    "the tracing index is damaged: set aside, rebuilding it from the log"
+                );
+                self.metrics().index_rebuilds.inc();
+                let index = VisitIndex::open(path)?;
+                let lsn = index.indexed_lsn()?;
+                Ok((Arc::new(index), lsn))
+            }
+        }
     }
 
     /// Writes a snapshot of the whole state into the data directory.
