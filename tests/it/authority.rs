@@ -265,3 +265,29 @@ async fn reload_swaps_the_config_and_refuses_a_broken_one() {
     let ts = t.key(Role::Turnstile).to_owned();
     assert_eq!(t.request(Method::POST, &admin, "/v1/admin/reload", Some(&ts), None).await.0, StatusCode::FORBIDDEN);
 }
+
+/// A 100 000-change batch is verified and applied off the async workers:
+/// scans of holders who are not in it keep being answered, correctly,
+/// while it is applied, and the batch is applied whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_is_applied_while_scans_of_other_holders_are_answered() {
+    let t = std::sync::Arc::new(TestGateway::start().await);
+    let changes: Vec<Change> =
+        (0..100_000u64).map(|i| change(t.env.population.stranger(10_000 + i), Color::Red, vec![])).collect();
+    let (first, last) = (changes[0].holder, changes[99_999].holder);
+    let t2 = t.clone();
+    let push = tokio::spawn(async move { t2.push(3, changes).await });
+    let greens = t.greens(50);
+    let mut scans = 0;
+    while !push.is_finished() || scans < 200 {
+        let h = greens[scans % greens.len()];
+        let s = t.scan(&t.code(h), "wuhan-metro-wuchang-1", "out", None).await;
+        assert_eq!(s.short(), "pass/ok/green", "{h} during the batch");
+        scans += 1;
+    }
+    let (status, v) = push.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["applied"], 100_000);
+    assert_eq!(t.color_of(first).await, "red");
+    assert_eq!(t.color_of(last).await, "red");
+}

@@ -278,6 +278,36 @@ pub fn segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>, RecoveryErr
         .collect())
 }
 
+/// Reads the durable records with LSNs `from..=to` from the log files, for a
+/// reader beside the writer (the tracing index catching up). Read-only;
+/// stops at the first frame that does not check. True if every LSN of the
+/// range was found.
+pub fn read_range(
+    storage: &dyn Storage,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(&Record),
+) -> Result<bool, RecoveryError> {
+    let names = segments(storage)?;
+    let mut next = from;
+    for (i, (first, name)) in names.iter().enumerate() {
+        if names.get(i + 1).is_some_and(|(n, _)| *n <= from) || *first > to {
+            continue;
+        }
+        let bytes = storage.read(name).map_err(|source| RecoveryError::Io { name: name.clone(), source })?;
+        follow_frames(&bytes, 0, &bytes, |rec, _| {
+            if rec.lsn == next && rec.lsn <= to {
+                f(&rec);
+                next += 1;
+            }
+        });
+        if next > to {
+            break;
+        }
+    }
+    Ok(next > to)
+}
+
 /// Reads the log and calls `apply` for every record with LSN `>= from`, in
 /// order. A torn tail of the last segment is cut off; a bad record anywhere
 /// else, or followed by a valid record, stops recovery with an error.

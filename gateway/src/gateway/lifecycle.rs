@@ -27,6 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// How long a tracing query waits for the index to reach what was durable
+/// when it arrived, before it answers 503.
+pub const INDEX_WAIT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Error)]
 pub enum PersistError {
     #[error("{0}")]
@@ -163,7 +167,9 @@ impl Gateway {
         let m = self.metrics();
         let log_metrics =
             LogMetrics { batch_records: m.log_batch_records.clone(), fsync_seconds: m.log_fsync_seconds.clone() };
-        let (indexer, feeder) = Indexer::start(index, recovered.next_lsn - 1, log_metrics).map_err(io(&log.dir))?;
+        let reader = storage.reader().map_err(io(&log.dir))?;
+        let (indexer, feeder) =
+            Indexer::start(index, recovered.next_lsn - 1, reader, log_metrics).map_err(io(&log.dir))?;
         self.durable_tx.send_replace(recovered.next_lsn - 1);
         let observer = super::replica::Tee { inner: feeder, durable: self.durable_tx.clone() };
         let wal = Wal::start(storage, log.wal.clone(), &recovered, observer);
@@ -285,16 +291,19 @@ impl Gateway {
         Ok((visits, removed))
     }
 
-    /// Waits (bounded) until every durable scan is in the tracing index, so
-    /// a query sees the scans acknowledged before it.
-    pub async fn index_caught_up(&self) {
-        let (Some(wal), Some(d)) = (self.wal.get(), self.durable.get()) else { return };
+    /// Waits (bounded, on the indexed-position watch) until every scan that
+    /// was durable when the query arrived is in the tracing index, so that a
+    /// query sees the scans acknowledged before it. `Err(behind)` when the
+    /// index is still that many records short after [`INDEX_WAIT`]: the
+    /// query must not answer short.
+    pub async fn index_caught_up(&self) -> Result<(), u64> {
+        let (Some(wal), Some(d)) = (self.wal.get(), self.durable.get()) else { return Ok(()) };
         let target = wal.durable_lsn();
-        for _ in 0..2000 {
-            if d.indexer.indexed_lsn() >= target || d.indexer.has_failed() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        let mut watch = d.indexer.watch();
+        let reached = tokio::time::timeout(INDEX_WAIT, watch.wait_for(|l| *l >= target)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(target.saturating_sub(d.indexer.indexed_lsn()).max(1)),
         }
     }
 

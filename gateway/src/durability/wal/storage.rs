@@ -33,6 +33,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Cuts the file to `len` bytes, durably.
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()>;
     fn remove(&mut self, name: &str) -> io::Result<()>;
+    /// Another handle on the same files, for a reader beside the writer
+    /// (it sees what was appended, as another process would).
+    fn reader(&self) -> io::Result<Box<dyn Storage>>;
 }
 
 /// Segment files in a directory on the real file system.
@@ -63,6 +66,9 @@ impl FsStorage {
 }
 
 impl Storage for FsStorage {
+    fn reader(&self) -> io::Result<Box<dyn Storage>> {
+        Ok(Box::new(FsStorage::open(&self.dir)?))
+    }
     fn list(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for e in std::fs::read_dir(&self.dir)? {
@@ -167,6 +173,9 @@ impl FaultyStorage {
 }
 
 impl Storage for FaultyStorage {
+    fn reader(&self) -> io::Result<Box<dyn Storage>> {
+        Ok(Box::new(self.clone()))
+    }
     fn list(&self) -> io::Result<Vec<String>> {
         Ok(self.files.lock().expect("fake disk").keys().cloned().collect())
     }
