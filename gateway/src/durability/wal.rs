@@ -4,8 +4,10 @@
 //! Producers (scan handlers, the authority feed, check-ins) call
 //! [`Wal::append`] while they hold whatever lock orders their change; it
 //! assigns the next log sequence number (LSN) and queues the record without
-//! blocking. One writer thread (group commit) takes everything queued, up to
-//! `batch_max_records` or `batch_max_wait` after the first record, appends
+//! blocking. One writer thread (group commit) takes everything queued (up to
+//! `batch_max_records`), waits up to `batch_max_wait` after the first
+//! record for more only while records have been arriving closer together
+//! than half that window (a lone record is written at once), appends
 //! the frames to the current segment, fdatasyncs once, and then resolves
 //! each record's [`Ticket`]. In strict mode a request is answered only after
 //! its ticket resolves; in async mode it is answered at once and is durable
@@ -143,6 +145,8 @@ pub struct Wal {
     tx: Mutex<(u64, Option<SyncSender<Pending>>)>,
     durable: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
+    /// Set by `close`: the writer stops retrying a segment it cannot create.
+    closing: Arc<AtomicBool>,
     mode: Mode,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -395,7 +399,8 @@ impl Wal {
         let (tx, rx) = mpsc::sync_channel::<Pending>(settings.queue_capacity);
         let durable = Arc::new(AtomicU64::new(recovered.next_lsn - 1));
         let failed = Arc::new(AtomicBool::new(false));
-        let (d2, f2) = (durable.clone(), failed.clone());
+        let closing = Arc::new(AtomicBool::new(false));
+        let (d2, f2, c2) = (durable.clone(), failed.clone(), closing.clone());
         let mut tail = recovered.tail.clone();
         let s = settings.clone();
         let writer = std::thread::Builder::new()
@@ -405,13 +410,15 @@ impl Wal {
                 // CPU priority than the request workers (allowed as root or
                 // with CAP_SYS_NICE; otherwise it runs at normal priority).
                 set_thread_nice(-5);
-                write_loop(&mut *storage, &s, rx, &mut tail, &d2, &f2, &mut observer)
+                let flags = Flags { durable: &d2, failed: &f2, closing: &c2 };
+                write_loop(&mut *storage, &s, rx, &mut tail, flags, &mut observer)
             })
             .expect("spawn the log writer");
         Arc::new(Wal {
             tx: Mutex::new((recovered.next_lsn, Some(tx))),
             durable,
             failed,
+            closing,
             mode: settings.mode,
             writer: Mutex::new(Some(writer)),
         })
@@ -472,6 +479,7 @@ impl Wal {
     /// joins it.
     pub fn close(&self) {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).1 = None;
+        self.closing.store(true, Ordering::Release);
         if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
         }
@@ -489,27 +497,74 @@ pub fn set_thread_nice(nice: i32) {
     }
 }
 
+/// How closely records have been arriving: a moving average of the gap
+/// between two records reaching the writer.
+#[derive(Default)]
+struct Arrivals {
+    last: Option<Instant>,
+    /// Exponentially weighted mean gap, in seconds (weight 1/8 per record).
+    mean_gap: f64,
+}
+
+impl Arrivals {
+    fn saw(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            let gap = now.duration_since(last).as_secs_f64();
+            self.mean_gap += (gap - self.mean_gap) / 8.0;
+        } else {
+            // Start idle: the first record is written at once.
+            self.mean_gap = 1.0;
+        }
+        self.last = Some(now);
+    }
+
+    /// True when another record is expected well within `window`.
+    fn busy(&self, window: Duration) -> bool {
+        self.mean_gap * 2.0 < window.as_secs_f64()
+    }
+}
+
+/// What the writer shares with the [`Wal`] handle.
+struct Flags<'a> {
+    durable: &'a AtomicU64,
+    failed: &'a AtomicBool,
+    closing: &'a AtomicBool,
+}
+
 fn write_loop(
     storage: &mut dyn Storage,
     s: &WalSettings,
     rx: Receiver<Pending>,
     tail: &mut Option<(String, u64)>,
-    durable: &AtomicU64,
-    failed: &AtomicBool,
+    flags: Flags<'_>,
     observer: &mut impl Observer,
 ) {
+    let Flags { durable, failed, closing } = flags;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut batch: Vec<Pending> = Vec::with_capacity(s.batch_max_records);
     let mut records: Vec<Record> = Vec::with_capacity(s.batch_max_records);
+    let mut arrivals = Arrivals::default();
     while let Ok(first) = rx.recv() {
+        arrivals.saw(Instant::now());
         batch.push(first);
         let deadline = Instant::now() + s.batch_max_wait;
         while batch.len() < s.batch_max_records {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    arrivals.saw(Instant::now());
+                    batch.push(p);
+                }
+                // Nothing queued: wait for more only while records are
+                // known to be coming (they have been arriving closer
+                // together than half the window); a lone record is written
+                // at once (PostgreSQL's commit_delay with commit_siblings).
+                Err(_) if !arrivals.busy(s.batch_max_wait) => break,
                 Err(_) => match deadline.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => match rx.recv_timeout(left) {
-                        Ok(p) => batch.push(p),
+                        Ok(p) => {
+                            arrivals.saw(Instant::now());
+                            batch.push(p);
+                        }
                         Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
                     },
                     _ => break,
@@ -525,7 +580,31 @@ fn write_loop(
         buf.clear();
         let first_lsn = batch[0].record.lsn;
         if tail.as_ref().is_none_or(|(_, len)| *len >= s.segment_bytes) {
-            *tail = Some((segment_name(first_lsn), 0));
+            let name = segment_name(first_lsn);
+            // Creating the next segment writes nothing, so its failure is
+            // not the fsync failure that ends the log: keep the batch (its
+            // LSNs must be written in order) and retry, backing off, until
+            // it works or the log closes. Meanwhile the queue fills and
+            // appends are refused (503); nothing is acknowledged.
+            let mut backoff = Duration::from_millis(1);
+            let created = loop {
+                match storage.create(&name) {
+                    Ok(()) => break true,
+                    Err(_) if closing.load(Ordering::Acquire) => break false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, segment = %name, retry_in_ms = backoff.as_millis() as u64, "cannot create the next log segment; retrying");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            };
+            if !created {
+                for p in batch.drain(..) {
+                    let _ = p.done.send(Err(WalError::Closed));
+                }
+                return;
+            }
+            *tail = Some((name, 0));
         }
         let (name, len) = tail.as_mut().expect("set above");
         if *len == 0 {
@@ -668,6 +747,27 @@ mod tests {
         assert_eq!(serials(&disk, 1).unwrap().0, Vec::<u64>::new());
     }
 
+    /// A segment that cannot be created is not an fsync failure: nothing
+    /// was written, so the writer retries, the log does not fail, and the
+    /// record is written once the disk lets it.
+    #[test]
+    fn a_segment_that_cannot_be_created_is_retried_not_fatal() {
+        let disk = FaultyStorage::new();
+        disk.fail_creates(true);
+        let wal = start(&disk, WalSettings::default());
+        let t = wal.append(0, scan(1)).unwrap();
+        while disk.create_attempts() < 3 {
+            std::thread::yield_now();
+        }
+        assert!(!wal.is_failed());
+        disk.fail_creates(false);
+        assert_eq!(t.wait_blocking(), Ok(1));
+        assert_eq!(wal.append(0, scan(2)).unwrap().wait_blocking(), Ok(2));
+        wal.close();
+        disk.crash();
+        assert_eq!(serials(&disk, 1).unwrap().0, vec![1, 2]);
+    }
+
     #[test]
     fn a_flipped_bit_in_the_middle_stops_recovery() {
         let disk = FaultyStorage::new();
@@ -691,6 +791,34 @@ mod tests {
         let len = disk2.durable_len(&name);
         disk2.flip_bit(&name, len - 3, 0);
         assert_eq!(serials(&disk2, 1).unwrap().0, vec![0, 1]);
+    }
+
+    /// The writer waits for company only while records come close together:
+    /// a lone record (or a trickle) is written at once.
+    #[test]
+    fn waits_for_more_records_only_while_they_come_close_together() {
+        let window = Duration::from_micros(100);
+        let t0 = Instant::now();
+        let mut a = Arrivals::default();
+        a.saw(t0);
+        assert!(!a.busy(window), "a first, lone record is written at once");
+        // A trickle, one record a millisecond: never waits.
+        for i in 1..50 {
+            a.saw(t0 + Duration::from_millis(i));
+        }
+        assert!(!a.busy(window));
+        // A burst, one record every 10 µs: others are known to be coming.
+        let t1 = t0 + Duration::from_millis(50);
+        for i in 0..50 {
+            a.saw(t1 + Duration::from_micros(10 * i));
+        }
+        assert!(a.busy(window));
+        // The burst ends: after a few spread-out records it stops waiting.
+        let t2 = t1 + Duration::from_millis(10);
+        for i in 0..30 {
+            a.saw(t2 + Duration::from_millis(i));
+        }
+        assert!(!a.busy(window));
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Cuts the file to `len` bytes, durably.
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()>;
     fn remove(&mut self, name: &str) -> io::Result<()>;
+    /// Creates an empty file (durably: its directory entry too). Nothing is
+    /// written, so a failure here loses nothing and may be retried.
+    fn create(&mut self, name: &str) -> io::Result<()>;
     /// Another handle on the same files, for a reader beside the writer
     /// (it sees what was appended, as another process would).
     fn reader(&self) -> io::Result<Box<dyn Storage>>;
@@ -66,6 +69,9 @@ impl FsStorage {
 }
 
 impl Storage for FsStorage {
+    fn create(&mut self, name: &str) -> io::Result<()> {
+        self.file(name).map(|_| ())
+    }
     fn reader(&self) -> io::Result<Box<dyn Storage>> {
         Ok(Box::new(FsStorage::open(&self.dir)?))
     }
@@ -120,6 +126,9 @@ struct FakeFile {
 pub struct FaultyStorage {
     files: std::sync::Arc<Mutex<BTreeMap<String, FakeFile>>>,
     fail_sync: std::sync::Arc<AtomicBool>,
+    fail_create: std::sync::Arc<AtomicBool>,
+    /// Calls of `create`, failed ones included.
+    creates: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FaultyStorage {
@@ -158,6 +167,16 @@ impl FaultyStorage {
         self.fail_sync.store(on, Ordering::SeqCst);
     }
 
+    /// Creating a file fails (a full disk, no inodes, too many open files).
+    pub fn fail_creates(&self, on: bool) {
+        self.fail_create.store(on, Ordering::SeqCst);
+    }
+
+    /// How many times a file was asked to be created.
+    pub fn create_attempts(&self) -> u64 {
+        self.creates.load(Ordering::SeqCst)
+    }
+
     pub fn list_names(&self) -> Vec<String> {
         self.files.lock().expect("fake disk").keys().cloned().collect()
     }
@@ -173,6 +192,14 @@ impl FaultyStorage {
 }
 
 impl Storage for FaultyStorage {
+    fn create(&mut self, name: &str) -> io::Result<()> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        if self.fail_create.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected failure to create a file"));
+        }
+        self.files.lock().expect("fake disk").entry(name.to_owned()).or_default();
+        Ok(())
+    }
     fn reader(&self) -> io::Result<Box<dyn Storage>> {
         Ok(Box::new(self.clone()))
     }
