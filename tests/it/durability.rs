@@ -269,7 +269,11 @@ async fn gateway_with_segments() -> (TestGateway, healthgate::HolderId) {
 }
 
 fn segment_files(dir: &tempfile::TempDir) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir.path().join("data/wal")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<_> = std::fs::read_dir(dir.path().join("data/wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
     v.sort();
     v
 }

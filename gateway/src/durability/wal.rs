@@ -19,6 +19,10 @@
 //! failed fsync the kernel may have dropped the dirty pages, so nothing
 //! written since the last good fsync can be vouched for.
 //!
+//! Segments may be preallocated (zero-filled to their full size before
+//! use, see `storage::FsStorage`): the log ends at the first frame header
+//! followed by nothing but zeros, which is not damage and is not cut.
+//!
 //! Segment (format 2): the 8-byte magic `HGWAL\0\0\x02`, then frames
 //! `len u32 LE | crc32 u32 LE (of the length's 4 bytes and the payload) |
 //! payload`, payload as in [`record`]. Segments are named by their first LSN
@@ -191,6 +195,10 @@ impl Format {
             (Format::V2, SEGMENT_MAGIC.len())
         } else if bytes.len() < SEGMENT_MAGIC.len() && SEGMENT_MAGIC.starts_with(bytes) {
             (Format::V2, bytes.len())
+        } else if bytes.len() >= SEGMENT_MAGIC.len() && bytes[..SEGMENT_MAGIC.len()] == [0; 8] {
+            // A preallocated segment whose magic was never written (a
+            // format 1 segment never starts with zeros): empty.
+            (Format::V2, 0)
         } else {
             (Format::V1, 0)
         }
@@ -352,6 +360,9 @@ pub fn recover(
                     next += 1;
                     off = end;
                 }
+                // Zeros from here to the end: the unwritten rest of a
+                // preallocated segment. The log ends here; nothing is cut.
+                Err(_) if bytes[off..].iter().all(|b| *b == 0) => break,
                 bad => {
                     let why = match bad {
                         Err(w) => w,
@@ -402,6 +413,9 @@ impl Wal {
         let closing = Arc::new(AtomicBool::new(false));
         let (d2, f2, c2) = (durable.clone(), failed.clone(), closing.clone());
         let mut tail = recovered.tail.clone();
+        if let Some((name, len)) = &tail {
+            storage.resume(name, *len);
+        }
         let s = settings.clone();
         let writer = std::thread::Builder::new()
             .name("healthgate-wal".into())
@@ -766,6 +780,93 @@ mod tests {
         wal.close();
         disk.crash();
         assert_eq!(serials(&disk, 1).unwrap().0, vec![1, 2]);
+    }
+
+    /// The zeros after the last record of a preallocated segment are the
+    /// end of the log, not a torn write: nothing is cut, and appending goes
+    /// on right after the last record.
+    #[test]
+    fn zeros_after_the_last_record_are_the_end_of_the_log() {
+        let disk = FaultyStorage::new();
+        let wal = start(&disk, WalSettings::default());
+        for i in 1..=3 {
+            wal.append(0, scan(i)).unwrap().wait_blocking().unwrap();
+        }
+        wal.close();
+        let name = disk.list().unwrap()[0].clone();
+        let end = disk.durable_len(&name);
+        let mut d = disk.clone();
+        d.append(&name, &[0u8; 4096]).unwrap();
+        d.sync(&name).unwrap();
+        let (seen, r) = serials(&disk, 1).unwrap();
+        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!((r.truncated_bytes, r.tail.clone()), (0, Some((name.clone(), end as u64))));
+        assert_eq!(disk.durable_len(&name), end + 4096, "nothing was cut");
+        // A torn record in front of the zeros is still a torn record.
+        let mut frame = Vec::new();
+        encode_frame(&Record { lsn: 4, at: 0, event: scan(4) }, &mut frame);
+        let disk2 = FaultyStorage::new();
+        let mut d2 = disk2.clone();
+        let mut bytes = disk.read(&name).unwrap()[..end].to_vec();
+        bytes.extend_from_slice(&frame[..frame.len() / 2]);
+        bytes.extend_from_slice(&[0u8; 1000]);
+        d2.append(&name, &bytes).unwrap();
+        d2.sync(&name).unwrap();
+        let (seen, r) = serials(&disk2, 1).unwrap();
+        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!(r.truncated_bytes as usize, frame.len() / 2 + 1000);
+        // And a segment that is zeros from its first byte is empty.
+        let disk3 = FaultyStorage::new();
+        let mut d3 = disk3.clone();
+        d3.append(&segment_name(1), &[0u8; 4096]).unwrap();
+        d3.sync(&segment_name(1)).unwrap();
+        let (seen, r) = serials(&disk3, 1).unwrap();
+        assert!(seen.is_empty());
+        assert_eq!(r.next_lsn, 1);
+    }
+
+    /// On the real file system, segments are preallocated and prepared
+    /// ahead: records are appended into zero-filled files, survive a
+    /// restart, and appending resumes after the last record.
+    #[test]
+    fn preallocated_segments_on_disk_recover_and_resume() {
+        use storage::FsStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = WalSettings { segment_bytes: 8192, batch_max_records: 4, ..Default::default() };
+        let open = || FsStorage::with_preallocation(dir.path(), 8192).unwrap();
+        let mut written = 0u64;
+        for _run in 0..3 {
+            let mut disk = open();
+            let mut seen = Vec::new();
+            let rec = recover(&mut disk, 1, |r| {
+                if let Event::Scan(s) = &r.event {
+                    seen.push(s.serial)
+                }
+            })
+            .unwrap();
+            assert_eq!(seen, (1..=written).collect::<Vec<_>>());
+            assert_eq!(rec.truncated_bytes, 0);
+            let wal = Wal::start(Box::new(disk), settings.clone(), &rec, ());
+            for _ in 0..100 {
+                written += 1;
+                assert_eq!(wal.append(0, scan(written)).unwrap().wait_blocking(), Ok(written));
+            }
+            wal.close();
+        }
+        let segments: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap()).collect();
+        let full = segments
+            .iter()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .filter(|e| e.metadata().unwrap().len() >= 8192)
+            .count();
+        assert!(full >= 2, "segments were preallocated to their size");
+        // The segment written last was prepared ahead: zeros follow its
+        // last record, and recovery ends the log there without cutting.
+        let mut disk = open();
+        let rec = recover(&mut disk, 1, |_| {}).unwrap();
+        let (name, end) = rec.tail.clone().unwrap();
+        assert_eq!(rec.next_lsn, written + 1);
+        assert!(std::fs::metadata(dir.path().join(&name)).unwrap().len() > end, "{name} is preallocated");
     }
 
     #[test]

@@ -104,7 +104,9 @@ impl Gateway {
         let (index, indexed_lsn) = self.open_index(&log.dir.join("visits.redb"))?;
         let mut storage: Box<dyn Storage> = match storage {
             Some(s) => s,
-            None => Box::new(FsStorage::open(&log.dir.join("wal")).map_err(io(&log.dir))?),
+            None => Box::new(
+                FsStorage::with_preallocation(&log.dir.join("wal"), log.wal.segment_bytes).map_err(io(&log.dir))?,
+            ),
         };
         // The log must continue the snapshot: its first segment starts at
         // or before the first record the snapshot lacks. (The index may be
