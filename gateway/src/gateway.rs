@@ -88,6 +88,19 @@ impl LiveConfig {
     }
 }
 
+/// Runs `f`, which may take milliseconds of CPU, hold a std lock for that
+/// long or read files, without holding up an async worker: on the
+/// multi-threaded runtime the worker first hands its other tasks to another
+/// thread (`block_in_place`), so requests queued behind it keep being
+/// answered. On a current-thread runtime (some tests) or outside any
+/// runtime it runs in place.
+pub(crate) fn off_workers<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// The durability pieces a gateway with logging on holds, set once by
 /// recovery.
 pub struct Durable {

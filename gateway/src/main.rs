@@ -125,15 +125,22 @@ enum Command {
         config: PathBuf,
     },
     /// Run a complete demo gateway on embedded defaults (no external service).
+    /// On a folder that already holds a demo it resumes that demo: same
+    /// keys, configuration, state, log and tracing index.
     Demo {
         /// Where keys, configuration, state and env.json are written.
         #[arg(long, default_value = "healthgate-demo")]
         dir: PathBuf,
-        /// Population size.
-        #[arg(long, default_value_t = 100_000)]
-        size: u64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        /// Population size of a new demo [default: 100000].
+        #[arg(long)]
+        size: Option<u64>,
+        /// Population seed of a new demo [default: 1].
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Delete the demo in DIR (keys, state, log, tracing index) and
+        /// start a new one.
+        #[arg(long)]
+        fresh: bool,
         #[arg(long, default_value = "127.0.0.1:8080")]
         public: String,
         #[arg(long, default_value = "127.0.0.1:9090")]
@@ -309,11 +316,37 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
             let config = healthgate::operations::config::Config::load(&config).map_err(usage)?;
             serve(config, None)?;
         }
-        Command::Demo { dir, size, seed, public, admin, tls } => {
-            let opts = healthgate::operations::demo::DemoOptions { size, seed, tls, ..Default::default() };
-            let env = healthgate::operations::demo::prepare(&dir, &opts, &public, &admin, SystemClock.now())
-                .with_context(|| format!("preparing {}", dir.display()))?;
-            let config = healthgate::operations::config::Config::load(&env.config).map_err(usage)?;
+        Command::Demo { dir, size, seed, fresh, public, admin, tls } => {
+            use healthgate::operations::demo::{self, DemoOptions, Requested};
+            let resumed = match fresh {
+                true => None,
+                false => demo::existing(&dir, &Requested { size, seed, tls }).map_err(usage)?,
+            };
+            let (env, config) = match resumed {
+                Some(env) => {
+                    // The folder's configuration, on the listeners asked for now.
+                    let mut config = healthgate::operations::config::Config::load(&env.config).map_err(usage)?;
+                    config.server.public_addr =
+                        public.parse().with_context(|| format!("--public {public}")).map_err(usage)?;
+                    config.server.admin_addr =
+                        admin.parse().with_context(|| format!("--admin {admin}")).map_err(usage)?;
+                    tracing::info!(dir = %dir.display(), "resuming the demo in this folder (--fresh starts over)");
+                    (env, config)
+                }
+                None => {
+                    let defaults = DemoOptions::default();
+                    let opts = DemoOptions {
+                        size: size.unwrap_or(defaults.size),
+                        seed: seed.unwrap_or(defaults.seed),
+                        tls,
+                        ..defaults
+                    };
+                    let env = demo::prepare(&dir, &opts, &public, &admin, SystemClock.now())
+                        .with_context(|| format!("preparing {}", dir.display()))?;
+                    let config = healthgate::operations::config::Config::load(&env.config).map_err(usage)?;
+                    (env, config)
+                }
+            };
             serve(config, Some((env, dir)))?;
         }
     }

@@ -265,3 +265,46 @@ async fn reload_swaps_the_config_and_refuses_a_broken_one() {
     let ts = t.key(Role::Turnstile).to_owned();
     assert_eq!(t.request(Method::POST, &admin, "/v1/admin/reload", Some(&ts), None).await.0, StatusCode::FORBIDDEN);
 }
+
+/// A 100 000-change batch is verified and applied off the async workers:
+/// scans of holders who are not in it keep being answered, correctly,
+/// while it is applied, and the batch is applied whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_is_applied_while_scans_of_other_holders_are_answered() {
+    let t = std::sync::Arc::new(TestGateway::start().await);
+    let changes: Vec<Change> =
+        (0..100_000u64).map(|i| change(t.env.population.stranger(10_000 + i), Color::Red, vec![])).collect();
+    let (first, last) = (changes[0].holder, changes[99_999].holder);
+    let (kid, key) = healthgate::operations::keyfiles::read_secret(&t.env.authority_key).unwrap();
+    let body = healthgate::feed::UpdateBatch { seq: 3, kid: String::new(), changes, signature: String::new() }
+        .sign(kid, &key)
+        .unwrap();
+    let body = serde_json::to_vec(&body).unwrap();
+    let (admin, auth) = (t.env.admin_url.clone(), t.key(Role::Authority).to_owned());
+    // On a connection of its own: a pooled one may have idled past the
+    // server's keep-alive while the batch was signed.
+    let push = tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        let req = http::Request::post(format!("{admin}/v1/admin/updates"))
+            .header("authorization", format!("Bearer {auth}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let resp = healthgate_tests::client().request(req).await.expect("push");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice::<serde_json::Value>(&bytes).expect("json"))
+    });
+    let greens = t.greens(50);
+    let mut scans = 0;
+    while !push.is_finished() || scans < 200 {
+        let h = greens[scans % greens.len()];
+        let s = t.scan(&t.code(h), "wuhan-metro-wuchang-1", "out", None).await;
+        assert_eq!(s.short(), "pass/ok/green", "{h} during the batch");
+        scans += 1;
+    }
+    let (status, v) = push.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["applied"], 100_000);
+    assert_eq!(t.color_of(first).await, "red");
+    assert_eq!(t.color_of(last).await, "red");
+}

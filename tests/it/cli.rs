@@ -169,13 +169,20 @@ pub(crate) struct Demo {
 
 impl Demo {
     pub(crate) fn start() -> Demo {
-        Demo::start_with(&[])
+        Demo::start_in(tempfile::tempdir().unwrap(), &[])
     }
 
     /// A demo with `extra` flags (e.g. `--tls`), ready to serve.
     pub(crate) fn start_with(extra: &[&str]) -> Demo {
-        let dir = tempfile::tempdir().unwrap();
+        Demo::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// Runs `healthgate demo` on `DIR/demo` with extra arguments, until ready.
+    pub(crate) fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Demo {
         let demo = dir.path().join("demo");
+        let env_path = demo.join("env.json");
+        // A resumed demo rewrites env.json once bound: read only the new one.
+        let before = std::fs::metadata(&env_path).and_then(|m| m.modified()).ok();
         let child = Command::new(healthgate_bin())
             .args([
                 "demo",
@@ -193,12 +200,14 @@ impl Demo {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let env_path = demo.join("env.json");
         let mut env = None;
         for _ in 0..600 {
-            if let Ok(e) = healthgate::operations::demo::Env::load(&env_path) {
-                env = Some(e);
-                break;
+            let fresh = std::fs::metadata(&env_path).and_then(|m| m.modified()).ok().is_some_and(|t| Some(t) != before);
+            if fresh {
+                if let Ok(e) = healthgate::operations::demo::Env::load(&env_path) {
+                    env = Some(e);
+                    break;
+                }
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -225,6 +234,14 @@ impl Demo {
             .is_ok_and(|(status, _)| status == http::StatusCode::OK)
     }
 
+    /// Stops the demo with SIGTERM and hands back its folder.
+    pub(crate) fn stop(mut self) -> tempfile::TempDir {
+        self.signal("TERM");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap())
+    }
+
     pub(crate) fn public(&self) -> String {
         self.env.public_url.trim_start_matches("http://").to_owned()
     }
@@ -232,6 +249,11 @@ impl Demo {
     /// Issues a code with the CLI and scans it; returns the JSON answer.
     fn scan(&self, holder: &str, checkpoint: &str) -> serde_json::Value {
         let code = stdout(&hg(&["issue", "--key", self.env.issuer_key.to_str().unwrap(), "--holder", holder]));
+        self.scan_code(&code, checkpoint)
+    }
+
+    /// Scans a code already issued; returns the JSON answer.
+    fn scan_code(&self, code: &str, checkpoint: &str) -> serde_json::Value {
         let body = serde_json::json!({ "code": code, "checkpoint": checkpoint, "direction": "out" }).to_string();
         let answer = http(
             &self.public(),
@@ -288,6 +310,51 @@ fn demo_serves_and_stops_on_sigterm() {
     ] {
         assert!(printed.contains(&format!("# {what}")), "walkthrough lacks {what}");
     }
+}
+
+/// The README's run command loses nothing across a restart: a demo started
+/// again on its folder reuses its keys, state, log and tracing index; only
+/// `--fresh` starts over.
+#[test]
+fn demo_restarted_on_its_folder_keeps_scans_and_codes() {
+    let d = Demo::start();
+    let green = d.env.holders["green"][0].to_hex();
+    let checkpoint = "wuhan-metro-wuchang-1";
+    assert_eq!(d.scan(&green, checkpoint)["decision"], "pass");
+    // A code issued before the restart, scanned only after it.
+    let other = d.env.holders["green"][1].to_hex();
+    let code = stdout(&hg(&["issue", "--key", d.env.issuer_key.to_str().unwrap(), "--holder", &other]));
+    let authority = d.env.api_key(healthgate::operations::auth::Role::Authority).to_owned();
+    let visits = |d: &Demo| {
+        let admin = d.env.admin_url.trim_start_matches("http://").to_owned();
+        let answer = http(&admin, "GET", &format!("/v1/admin/holders/{green}/visits"), &authority, "");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        body.lines().filter(|l| l.contains(checkpoint)).count()
+    };
+    assert_eq!(visits(&d), 1);
+    let keys = d.env.api_keys.clone();
+
+    let d = Demo::start_in(d.stop(), &[]);
+    assert_eq!(d.env.api_keys, keys, "the same keys");
+    assert_eq!(visits(&d), 1, "the scan made before the restart is still traced");
+    assert_eq!(d.scan_code(&code, checkpoint)["decision"], "pass", "a code issued before the restart verifies");
+
+    // Options that contradict the folder's demo are refused, and change nothing.
+    let dir = d.stop();
+    let demo = dir.path().join("demo");
+    let o = hg(&["demo", "--dir", demo.to_str().unwrap(), "--size", "500", "--public", "127.0.0.1:0"]);
+    assert_eq!(o.status.code(), Some(64), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--fresh"), "{o:?}");
+
+    // --fresh starts over on purpose: new keys, an empty tracing index.
+    let d = Demo::start_in(dir, &["--fresh"]);
+    assert_ne!(d.env.api_keys, keys);
+    let authority = d.env.api_key(healthgate::operations::auth::Role::Authority).to_owned();
+    let admin = d.env.admin_url.trim_start_matches("http://").to_owned();
+    let answer = http(&admin, "GET", &format!("/v1/admin/holders/{green}/visits"), &authority, "");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(answer.lines().filter(|l| l.contains("\"checkpoint\"")).count(), 0, "{answer}");
 }
 
 #[test]

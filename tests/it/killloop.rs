@@ -1,7 +1,8 @@
-//! kill -9 never loses an acknowledged registration or update: the real
-//! binary is killed at random moments while a client scans and pushes, then
-//! restarted, twenty times over; afterwards everything acknowledged is there
-//! exactly once.
+//! kill -9 never loses an acknowledged registration, check-in or update:
+//! the real binary is killed at random moments while clients scan, check in
+//! and push at once, then restarted, twenty times over
+//! (`HEALTHGATE_KILL_ROUNDS` sets another count: `scripts/kill-loop.sh`
+//! runs 100); afterwards everything acknowledged is there exactly once.
 
 use healthgate::clock::{Clock, SystemClock};
 use healthgate::feed::{Change, UpdateBatch};
@@ -16,7 +17,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Rounds in the test suite; `HEALTHGATE_KILL_ROUNDS` overrides it.
 const ROUNDS: usize = 20;
+
+fn rounds() -> usize {
+    match std::env::var("HEALTHGATE_KILL_ROUNDS") {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("HEALTHGATE_KILL_ROUNDS={v:?} is not a count")),
+        Err(_) => ROUNDS,
+    }
+}
 
 /// One HTTP/1.1 request on a fresh connection; `None` on any transport error
 /// (the server was killed).
@@ -57,6 +66,7 @@ impl Lcg {
 #[derive(Default)]
 struct Acked {
     scans: Vec<HolderId>,
+    checkins: Vec<HolderId>,
     /// (sequence, holder) of acknowledged colour updates.
     updates: Vec<(u64, HolderId)>,
 }
@@ -98,9 +108,11 @@ fn kill_nine_never_loses_an_acknowledgement() {
     let acked = Arc::new(Mutex::new(Acked::default()));
     let next_scan = Arc::new(Mutex::new(0usize));
     let next_seq = Arc::new(Mutex::new(1u64));
+    let next_checkin = Arc::new(Mutex::new(0usize));
     let mut kills = 0;
+    let rounds = rounds();
 
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let log = std::fs::File::create(dir.path().join(format!("gateway-{round}.log"))).unwrap();
         let mut child = Command::new(healthgate_bin())
             .args(["serve", "--config", env.config.to_str().unwrap()])
@@ -110,16 +122,45 @@ fn kill_nine_never_loses_an_acknowledgement() {
             .unwrap();
         wait_ready(&admin, &mut child);
         let stop = Arc::new(AtomicBool::new(false));
-        let client = {
+        // Three clients at once: scans, check-ins, authority pushes.
+        let clients: Vec<_> = (0..3).map(|role| {
             let (stop, acked, next_scan, next_seq) = (stop.clone(), acked.clone(), next_scan.clone(), next_seq.clone());
+            let next_checkin = next_checkin.clone();
             let (public, admin, turnstile, auth_key, greens) =
                 (public.clone(), admin.clone(), turnstile.clone(), auth_key.clone(), greens.clone());
             let (issuer, authority) = (issuer.clone(), authority.clone());
             std::thread::spawn(move || {
-                let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    if n.is_multiple_of(4) {
+                    if role == 2 {
+                        // A check-in of a holder no scan touches (from the
+                        // other end of the greens).
+                        let k = {
+                            let mut k = next_checkin.lock().unwrap();
+                            *k += 1;
+                            *k - 1
+                        };
+                        let holder = greens[greens.len() - 1 - k];
+                        let t = SystemClock.now();
+                        let code = Claims {
+                            kid,
+                            holder,
+                            issued_at: t,
+                            expires_at: t + 60,
+                            color: Color::Green,
+                            serial: 1_000_000 + k as u64,
+                        }
+                        .sign(&issuer)
+                        .unwrap();
+                        let body = serde_json::json!({ "code": code, "temperature_c": 36.5 }).to_string();
+                        match http(&public, "POST", "/v1/checkins", "", &body) {
+                            Some((200, _)) => acked.lock().unwrap().checkins.push(holder),
+                            Some((409, _)) => {} // durable but never acknowledged before a kill
+                            Some((s, body)) if s != 503 => panic!("check-in answered {s}: {body}"),
+                            _ => {}
+                        }
+                        // Check-ins are rarer than scans.
+                        std::thread::sleep(Duration::from_millis(5));
+                    } else if role == 1 {
                         let seq = {
                             let mut s = next_seq.lock().unwrap();
                             *s += 1;
@@ -141,6 +182,7 @@ fn kill_nine_never_loses_an_acknowledgement() {
                             Some((s, body)) if s != 503 => panic!("update answered {s}: {body}"),
                             _ => {}
                         }
+                        std::thread::sleep(Duration::from_millis(2));
                     } else {
                         let i = {
                             let mut k = next_scan.lock().unwrap();
@@ -171,7 +213,7 @@ fn kill_nine_never_loses_an_acknowledgement() {
                     }
                 }
             })
-        };
+        }).collect();
         // Kill at a random moment, but only once this round has carried
         // some traffic (a loaded machine may take a while to answer the
         // first requests), so that every round proves something.
@@ -185,9 +227,11 @@ fn kill_nine_never_loses_an_acknowledgement() {
         child.wait().unwrap();
         kills += 1;
         stop.store(true, Ordering::Relaxed);
-        client.join().unwrap();
+        for c in clients {
+            c.join().unwrap();
+        }
     }
-    assert_eq!(kills, ROUNDS);
+    assert_eq!(kills, rounds);
 
     let mut child = Command::new(healthgate_bin())
         .args(["serve", "--config", env.config.to_str().unwrap()])
@@ -198,9 +242,10 @@ fn kill_nine_never_loses_an_acknowledgement() {
     wait_ready(&admin, &mut child);
     let acked = acked.lock().unwrap();
     assert!(
-        acked.scans.len() > 100 && !acked.updates.is_empty(),
-        "too little traffic to prove anything: {} scans, {} updates",
+        acked.scans.len() > 100 && !acked.updates.is_empty() && !acked.checkins.is_empty(),
+        "too little traffic to prove anything: {} scans, {} check-ins, {} updates",
         acked.scans.len(),
+        acked.checkins.len(),
         acked.updates.len()
     );
     for h in &acked.scans {
@@ -218,19 +263,32 @@ fn kill_nine_never_loses_an_acknowledgement() {
         assert_eq!(s, 200, "acknowledged update {seq} for {h} lost");
         assert!(status.contains("\"color\":\"red\""), "{status}");
     }
+    // An acknowledged check-in is remembered: a second one today is refused.
+    let scanned = *next_scan.lock().unwrap();
+    let checked = *next_checkin.lock().unwrap();
+    assert!(scanned + checked < greens.len(), "scans and check-ins met in the middle of the greens");
+    for h in &acked.checkins {
+        let t = SystemClock.now();
+        let code = Claims { kid, holder: *h, issued_at: t, expires_at: t + 60, color: Color::Green, serial: 7 }
+            .sign(&issuer)
+            .unwrap();
+        let body = serde_json::json!({ "code": code, "temperature_c": 36.5 }).to_string();
+        let (s, answer) = http(&public, "POST", "/v1/checkins", "", &body).expect("check-in");
+        assert_eq!(s, 409, "acknowledged check-in of {h} lost: {answer}");
+    }
     let (_, feed) = http(&admin, "GET", "/v1/admin/feed", &auth_key, "").expect("feed");
     let last: serde_json::Value = serde_json::from_str(&feed).unwrap();
     let max_acked = acked.updates.iter().map(|(s, _)| *s).max().unwrap();
     assert!(last["last_seq"].as_u64().unwrap() >= max_acked, "{feed}");
     // No scan was registered twice, acknowledged or not.
-    let scanned = *next_scan.lock().unwrap();
     for h in &greens[..scanned] {
         let (_, body) = http(&admin, "GET", &format!("/v1/admin/holders/{h}/visits"), &auth_key, "").expect("query");
         assert!(visits(&body) <= 1, "{h} registered twice: {body}");
     }
     eprintln!(
-        "kill loop: {ROUNDS} kills, {} acknowledged scans of {scanned} sent, {} acknowledged updates",
+        "kill loop: {rounds} kills, {} acknowledged scans of {scanned} sent, {} acknowledged check-ins of {checked}, {} acknowledged updates",
         acked.scans.len(),
+        acked.checkins.len(),
         acked.updates.len()
     );
     child.kill().unwrap();

@@ -166,6 +166,13 @@ impl TestGateway {
         (dir, self.env.clone(), self.clock.clone(), self.disk.clone())
     }
 
+    /// Stops the gateway gracefully (the closing snapshot is written) and
+    /// hands back its folder, manifest and clock for [`TestGateway::start_in`].
+    pub async fn stop_keeping_data(mut self) -> (tempfile::TempDir, Env, ManualClock) {
+        let (dir, env, clock, _) = self.take_parts().await;
+        (dir, env, clock)
+    }
+
     pub async fn wait_ready(&self) {
         for _ in 0..500 {
             if self.get(&self.env.admin_url, "/readyz", None).await.0 == StatusCode::OK {

@@ -104,8 +104,18 @@ impl LogReader {
             let (name, head, offset) = self.seg.as_mut().expect("set above");
             let mut f = std::fs::File::open(self.dir.join(&*name))?;
             f.seek(SeekFrom::Start(*offset))?;
+            // Up to 16 MiB, in blocks, stopping at a block of zeros: the
+            // unwritten rest of a preallocated segment (no record holds
+            // 256 KiB of zeros: every change names a random holder id).
             let mut bytes = Vec::new();
-            f.take(16 << 20).read_to_end(&mut bytes)?;
+            let mut f = f.take(16 << 20);
+            loop {
+                let start = bytes.len();
+                let n = (&mut f).take(256 << 10).read_to_end(&mut bytes)?;
+                if n == 0 || bytes[start..].iter().all(|b| *b == 0) {
+                    break;
+                }
+            }
             let before = out.len();
             let (next, upto_) = (&mut self.next, upto);
             let mut new_offset = *offset;

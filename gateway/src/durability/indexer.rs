@@ -1,6 +1,14 @@
-//! The tracing index follows the log: the log writer hands each durable
+//! The tracing index follows the log: the log writer offers each durable
 //! batch's visits to the indexer thread, which inserts them into the
-//! [`VisitIndex`] and moves the indexed position.
+//! [`VisitIndex`] and moves the indexed position (a watch, so that a
+//! tracing query waits for a notification, never by polling).
+//!
+//! The writer never waits for the indexer. It hands batches over without
+//! blocking while fewer than [`MAX_QUEUED_VISITS`] visits are queued (the
+//! indexer's memory is bounded); past that it drops them, and the indexer,
+//! once it has worked through its queue, reads what it missed back from
+//! the log files. The indexed position therefore only ever moves over
+//! visits that are in the index.
 //!
 //! An insert error stops indexing until the next start (which catches up
 //! from the log), rather than skipping visits: a later successful batch
@@ -9,15 +17,20 @@
 
 use crate::durability::visits::{Visit, VisitIndex};
 use crate::durability::wal::record::{Event, Record};
+use crate::durability::wal::storage::Storage;
 use crate::durability::wal::{self, Observer};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Most visits inserted in one index transaction.
 pub const INDEX_BATCH: usize = 50_000;
+
+/// Most visits queued for the indexer; past it the writer drops batches
+/// and the indexer reads them back from the log (about 200 bytes a visit).
+pub const MAX_QUEUED_VISITS: usize = 200_000;
 
 /// The visit a log record registers, if it is a scan of a known holder.
 pub fn visit_of(rec: &Record) -> Option<Visit> {
@@ -44,8 +57,9 @@ pub struct Indexer {
     /// The indexer hit an error and stopped; queries answer 503 until a
     /// restart re-indexes from the log.
     failed: Arc<AtomicBool>,
-    /// Highest LSN whose visit is in the index.
-    indexed: Arc<AtomicU64>,
+    /// Highest LSN whose visit is in the index, as a watch: a tracing query
+    /// waits on it.
+    indexed: tokio::sync::watch::Sender<u64>,
 }
 
 /// Statistics the log writer reports per batch.
@@ -55,22 +69,57 @@ pub struct LogMetrics {
     pub fsync_seconds: prometheus::Histogram,
 }
 
+/// One durable batch for the indexer: its LSNs and its visits, or `None`
+/// when the writer dropped them (the indexer reads them from the log).
+struct Batch {
+    first: u64,
+    last: u64,
+    visits: Option<Vec<Visit>>,
+}
+
+/// What the writer and the indexer thread share.
+struct Shared {
+    /// Visits handed over and not yet taken by the indexer.
+    queued: AtomicUsize,
+    /// The last durable LSN the writer has seen, whether or not its batch
+    /// was handed over: the indexer catches up to it from the log.
+    durable: AtomicU64,
+}
+
 /// Feeds durable records to the index thread and batch statistics to the
-/// metrics. Runs on the log writer's thread.
+/// metrics. Runs on the log writer's thread; never blocks.
 pub struct Feeder {
-    /// The last LSN of each durable batch, with its visits (possibly none:
-    /// the indexer still learns how far the log has gone).
-    tx: SyncSender<(u64, Vec<Visit>)>,
+    tx: SyncSender<Batch>,
+    shared: Arc<Shared>,
     metrics: LogMetrics,
+    /// [`MAX_QUEUED_VISITS`]; smaller in tests, to make the writer drop.
+    max_queued: usize,
 }
 
 impl Observer for Feeder {
     fn durable(&mut self, records: &[Record]) {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else { return };
+        self.shared.durable.store(last.lsn, Ordering::Release);
         let visits: Vec<Visit> = records.iter().filter_map(visit_of).collect();
-        let last = records.last().map_or(0, |r| r.lsn);
-        // Blocking when the indexer is far behind: backpressure on the log
-        // rather than an index that silently misses visits.
-        let _ = self.tx.send((last, visits));
+        let n = visits.len();
+        let batch = if self.shared.queued.load(Ordering::Acquire) + n > self.max_queued {
+            // Over the memory bound: only the LSNs go, as a reminder.
+            Batch { first: first.lsn, last: last.lsn, visits: None }
+        } else {
+            self.shared.queued.fetch_add(n, Ordering::AcqRel);
+            Batch { first: first.lsn, last: last.lsn, visits: Some(visits) }
+        };
+        match self.tx.try_send(batch) {
+            Ok(()) => {}
+            // Full: the indexer has a queue to work through and, once it is
+            // empty, reads what it missed from the log (it knows how far
+            // the log is durable). Disconnected: it stopped.
+            Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
+                if let Some(v) = b.visits {
+                    self.shared.queued.fetch_sub(v.len(), Ordering::AcqRel);
+                }
+            }
+        }
     }
     fn batch(&mut self, records: usize, fsync: Duration) {
         self.metrics.batch_records.observe(records as f64);
@@ -81,20 +130,27 @@ impl Observer for Feeder {
 impl Indexer {
     /// Starts the indexer thread on `index`, which already holds every
     /// visit up to `indexed_lsn`; returns it with the log writer's feeder.
-    pub fn start(index: Arc<VisitIndex>, indexed_lsn: u64, metrics: LogMetrics) -> std::io::Result<(Indexer, Feeder)> {
-        let indexed = Arc::new(AtomicU64::new(indexed_lsn));
+    /// `log` reads the log files (for batches the writer had to drop).
+    pub fn start(
+        index: Arc<VisitIndex>,
+        indexed_lsn: u64,
+        log: Box<dyn Storage>,
+        metrics: LogMetrics,
+    ) -> std::io::Result<(Indexer, Feeder)> {
+        let indexed = tokio::sync::watch::Sender::new(indexed_lsn);
         let failed = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared { queued: AtomicUsize::new(0), durable: AtomicU64::new(indexed_lsn) });
         let (tx, rx) = std::sync::mpsc::sync_channel(4096);
         let thread = {
-            let (index, indexed, failed) = (index.clone(), indexed.clone(), failed.clone());
+            let (index, indexed, failed, shared) = (index.clone(), indexed.clone(), failed.clone(), shared.clone());
             std::thread::Builder::new().name("healthgate-index".into()).spawn(move || {
                 // Off the acknowledgement path: yield the CPU to scans.
                 wal::set_thread_nice(10);
-                index_loop(&index, &indexed, &failed, rx)
+                index_loop(&index, &indexed, &failed, &shared, &*log, rx)
             })?
         };
         let indexer = Indexer { index: Mutex::new(Some(index)), thread: Mutex::new(Some(thread)), failed, indexed };
-        Ok((indexer, Feeder { tx, metrics }))
+        Ok((indexer, Feeder { tx, shared, metrics, max_queued: MAX_QUEUED_VISITS }))
     }
 
     /// The index, unless the indexer failed or was closed.
@@ -106,7 +162,12 @@ impl Indexer {
     }
 
     pub fn indexed_lsn(&self) -> u64 {
-        self.indexed.load(Ordering::Acquire)
+        *self.indexed.borrow()
+    }
+
+    /// A watch on the indexed position.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.indexed.subscribe()
     }
 
     pub fn has_failed(&self) -> bool {
@@ -123,22 +184,169 @@ impl Indexer {
     }
 }
 
-fn index_loop(index: &VisitIndex, indexed: &AtomicU64, failed: &AtomicBool, rx: Receiver<(u64, Vec<Visit>)>) {
-    while let Ok((mut last, mut batch)) = rx.recv() {
-        while let Ok((l, more)) = rx.try_recv() {
-            last = l;
-            batch.extend(more);
-            if batch.len() >= INDEX_BATCH {
-                break;
+fn index_loop(
+    index: &VisitIndex,
+    indexed: &tokio::sync::watch::Sender<u64>,
+    failed: &AtomicBool,
+    shared: &Shared,
+    log: &dyn Storage,
+    rx: Receiver<Batch>,
+) {
+    let mut at = *indexed.borrow();
+    let insert = |visits: &[Visit], last: u64, at: &mut u64| -> bool {
+        if let Err(e) = index.insert(visits) {
+            tracing::error!(error = %e, "tracing index insert failed; indexing stops until the next start, which catches up from the log");
+            return false;
+        }
+        *at = last;
+        indexed.send_replace(last);
+        true
+    };
+    // Reads `at+1..=to` back from the log, in bounded chunks.
+    let fill = |to: u64, at: &mut u64| -> bool {
+        while *at < to {
+            let end = to.min(*at + INDEX_BATCH as u64);
+            let mut visits = Vec::new();
+            if !catch_up(log, *at + 1, end, &mut visits) || !insert(&visits, end, at) {
+                return false;
             }
         }
-        if let Err(e) = index.insert(&batch) {
-            tracing::error!(error = %e, "tracing index insert failed; indexing stops until the next start, which catches up from the log");
-            failed.store(true, Ordering::Release);
-            // Keep draining so the log never waits.
-            while rx.recv().is_ok() {}
-            return;
+        true
+    };
+    let ok = loop {
+        let batch = match rx.try_recv() {
+            Ok(b) => b,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                // The queue is empty: anything durable beyond what it held
+                // was dropped by the writer; read it back from the log.
+                let durable = shared.durable.load(Ordering::Acquire);
+                if durable > at {
+                    if !fill(durable, &mut at) {
+                        break false;
+                    }
+                    continue;
+                }
+                match rx.recv() {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                }
+            }
+            // The writer is gone: index what it left behind, then stop.
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                break fill(shared.durable.load(Ordering::Acquire), &mut at);
+            }
+        };
+        let Some(visits) = batch.visits else {
+            // Dropped by the writer: read from the log.
+            if !fill(batch.last, &mut at) {
+                break false;
+            }
+            continue;
+        };
+        shared.queued.fetch_sub(visits.len(), Ordering::AcqRel);
+        if batch.last <= at {
+            continue;
         }
-        indexed.store(last, Ordering::Release);
+        // Batches dropped before this one: read them from the log first.
+        if batch.first > at + 1 && !fill(batch.first - 1, &mut at) {
+            break false;
+        }
+        let fresh: Vec<Visit> = visits.into_iter().filter(|v| v.lsn > at).collect();
+        if !insert(&fresh, batch.last, &mut at) {
+            break false;
+        }
+    };
+    if !ok {
+        failed.store(true, Ordering::Release);
+        // Keep draining so that the queue's memory is released.
+        while rx.recv().is_ok() {}
+    }
+}
+
+/// Reads the visits of LSNs `from..=to` back from the log files into `out`.
+fn catch_up(log: &dyn Storage, from: u64, to: u64, out: &mut Vec<Visit>) -> bool {
+    match wal::read_range(log, from, to, |rec| out.extend(visit_of(rec))) {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::error!(
+                from,
+                to,
+                "the tracing index could not read records back from the log; indexing stops until the next start"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, from, to, "reading the log for the tracing index failed; indexing stops until the next start");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durability::wal::record::ScanRecord;
+    use crate::durability::wal::storage::FaultyStorage;
+    use crate::durability::wal::{Recovered, Wal, WalSettings};
+    use crate::policy::{Direction, Reason};
+    use crate::state::Effect;
+    use crate::HolderId;
+
+    fn metrics() -> LogMetrics {
+        let h = |n: &str| prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(n, n)).unwrap();
+        LogMetrics { batch_records: h("records"), fsync_seconds: h("fsync") }
+    }
+
+    /// The writer never waits for the indexer: with no room in the queue at
+    /// all every batch is dropped, and the indexer reads each one back from
+    /// the log files; every visit ends up indexed exactly once, in order.
+    #[test]
+    fn batches_the_writer_drops_are_read_back_from_the_log() {
+        for max_queued in [0, 7] {
+            let dir = tempfile::tempdir().unwrap();
+            let index = Arc::new(VisitIndex::open(&dir.path().join("visits.redb")).unwrap());
+            let disk = FaultyStorage::new();
+            let (indexer, mut feeder) = Indexer::start(index.clone(), 0, disk.reader().unwrap(), metrics()).unwrap();
+            feeder.max_queued = max_queued;
+            let recovered = Recovered { next_lsn: 1, tail: None, replayed: 0, truncated_bytes: 0 };
+            let settings = WalSettings { segment_bytes: 4096, batch_max_records: 3, ..Default::default() };
+            let wal = Wal::start(Box::new(disk.clone()), settings, &recovered, feeder);
+            let holder = HolderId([7; 16]);
+            let tickets: Vec<_> = (0..500u64)
+                .map(|i| {
+                    let scan = ScanRecord {
+                        holder: (i % 5 != 0).then_some(holder),
+                        serial: i,
+                        checkpoint: "gate".into(),
+                        direction: Direction::In,
+                        temperature_c: None,
+                        pass: true,
+                        reason: Reason::Ok,
+                        effect: Effect::default(),
+                    };
+                    wal.append(1_000 + i, Event::Scan(scan)).unwrap()
+                })
+                .collect();
+            for t in tickets {
+                t.wait_blocking().unwrap();
+            }
+            let mut watch = indexer.watch();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|l| *l >= 500)).await.unwrap().unwrap();
+            });
+            assert!(!indexer.has_failed());
+            let mut lsns = Vec::new();
+            index
+                .by_holder(&holder, 0, u64::MAX, |v: Visit| {
+                    lsns.push(v.lsn);
+                    true
+                })
+                .unwrap();
+            let expected: Vec<u64> = (1..=500).filter(|l| (l - 1) % 5 != 0).collect();
+            assert_eq!(lsns, expected, "max_queued {max_queued}");
+            wal.close();
+            indexer.close();
+        }
     }
 }

@@ -244,7 +244,11 @@ pub struct VisitIndex {
 impl VisitIndex {
     /// Opens the index at `path`, creating the file and its tables if missing.
     pub fn open(path: &Path) -> Result<Self, VisitError> {
-        let db = Database::builder().set_cache_size(CACHE_BYTES).create_with_file_format_v3(true).create(path)?;
+        let mut db = Database::builder().set_cache_size(CACHE_BYTES).create_with_file_format_v3(true).create(path)?;
+        // Every page's checksum, before anything is read through them: a
+        // damaged file is an error here (and rebuilt from the log by the
+        // caller), never a wrong answer or a panic later.
+        db.check_integrity()?;
         let txn = db.begin_write()?;
         let indexed = {
             // Opening a table in a write transaction creates it; redb also

@@ -4,8 +4,10 @@
 //! Producers (scan handlers, the authority feed, check-ins) call
 //! [`Wal::append`] while they hold whatever lock orders their change; it
 //! assigns the next log sequence number (LSN) and queues the record without
-//! blocking. One writer thread (group commit) takes everything queued, up to
-//! `batch_max_records` or `batch_max_wait` after the first record, appends
+//! blocking. One writer thread (group commit) takes everything queued (up to
+//! `batch_max_records`), waits up to `batch_max_wait` after the first
+//! record for more only while records have been arriving closer together
+//! than half that window (a lone record is written at once), appends
 //! the frames to the current segment, fdatasyncs once, and then resolves
 //! each record's [`Ticket`]. In strict mode a request is answered only after
 //! its ticket resolves; in async mode it is answered at once and is durable
@@ -16,6 +18,10 @@
 //! stops accepting scans. It never retries and then acknowledges: after a
 //! failed fsync the kernel may have dropped the dirty pages, so nothing
 //! written since the last good fsync can be vouched for.
+//!
+//! Segments may be preallocated (zero-filled to their full size before
+//! use, see `storage::FsStorage`): the log ends at the first frame header
+//! followed by nothing but zeros, which is not damage and is not cut.
 //!
 //! Segment (format 2): the 8-byte magic `HGWAL\0\0\x02`, then frames
 //! `len u32 LE | crc32 u32 LE (of the length's 4 bytes and the payload) |
@@ -93,6 +99,8 @@ pub enum RecoveryError {
     Corrupt { name: String, offset: usize, why: &'static str },
     #[error("log segment {name}: {why}")]
     Inconsistent { name: String, why: String },
+    #[error("log records {from} to {to} are missing: {why}; refusing to start without them")]
+    Missing { from: u64, to: u64, why: String },
 }
 
 /// Resolves when the record is durable (or never will be).
@@ -141,6 +149,8 @@ pub struct Wal {
     tx: Mutex<(u64, Option<SyncSender<Pending>>)>,
     durable: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
+    /// Set by `close`: the writer stops retrying a segment it cannot create.
+    closing: Arc<AtomicBool>,
     mode: Mode,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -185,6 +195,10 @@ impl Format {
             (Format::V2, SEGMENT_MAGIC.len())
         } else if bytes.len() < SEGMENT_MAGIC.len() && SEGMENT_MAGIC.starts_with(bytes) {
             (Format::V2, bytes.len())
+        } else if bytes.len() >= SEGMENT_MAGIC.len() && bytes[..SEGMENT_MAGIC.len()] == [0; 8] {
+            // A preallocated segment whose magic was never written (a
+            // format 1 segment never starts with zeros): empty.
+            (Format::V2, 0)
         } else {
             (Format::V1, 0)
         }
@@ -265,6 +279,47 @@ pub fn follow_frames(head: &[u8], offset: usize, bytes: &[u8], mut f: impl FnMut
     }
 }
 
+/// The log's segments in LSN order, each with the LSN its name says it
+/// starts at.
+pub fn segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>, RecoveryError> {
+    Ok(storage
+        .list()
+        .map_err(|source| RecoveryError::Io { name: "<dir>".into(), source })?
+        .into_iter()
+        .filter_map(|n| segment_lsn(&n).map(|l| (l, n)))
+        .collect())
+}
+
+/// Reads the durable records with LSNs `from..=to` from the log files, for a
+/// reader beside the writer (the tracing index catching up). Read-only;
+/// stops at the first frame that does not check. True if every LSN of the
+/// range was found.
+pub fn read_range(
+    storage: &dyn Storage,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(&Record),
+) -> Result<bool, RecoveryError> {
+    let names = segments(storage)?;
+    let mut next = from;
+    for (i, (first, name)) in names.iter().enumerate() {
+        if names.get(i + 1).is_some_and(|(n, _)| *n <= from) || *first > to {
+            continue;
+        }
+        let bytes = storage.read(name).map_err(|source| RecoveryError::Io { name: name.clone(), source })?;
+        follow_frames(&bytes, 0, &bytes, |rec, _| {
+            if rec.lsn == next && rec.lsn <= to {
+                f(&rec);
+                next += 1;
+            }
+        });
+        if next > to {
+            break;
+        }
+    }
+    Ok(next > to)
+}
+
 /// Reads the log and calls `apply` for every record with LSN `>= from`, in
 /// order. A torn tail of the last segment is cut off; a bad record anywhere
 /// else, or followed by a valid record, stops recovery with an error.
@@ -274,12 +329,7 @@ pub fn recover(
     from: u64,
     mut apply: impl FnMut(&Record),
 ) -> Result<Recovered, RecoveryError> {
-    let names: Vec<(u64, String)> = storage
-        .list()
-        .map_err(|source| RecoveryError::Io { name: "<dir>".into(), source })?
-        .into_iter()
-        .filter_map(|n| segment_lsn(&n).map(|l| (l, n)))
-        .collect();
+    let names = segments(&*storage)?;
     let mut out = Recovered { next_lsn: 1, tail: None, replayed: 0, truncated_bytes: 0 };
     let mut expected: Option<u64> = None;
     for (i, (first, name)) in names.iter().enumerate() {
@@ -310,6 +360,9 @@ pub fn recover(
                     next += 1;
                     off = end;
                 }
+                // Zeros from here to the end: the unwritten rest of a
+                // preallocated segment. The log ends here; nothing is cut.
+                Err(_) if bytes[off..].iter().all(|b| *b == 0) => break,
                 bad => {
                     let why = match bad {
                         Err(w) => w,
@@ -357,8 +410,12 @@ impl Wal {
         let (tx, rx) = mpsc::sync_channel::<Pending>(settings.queue_capacity);
         let durable = Arc::new(AtomicU64::new(recovered.next_lsn - 1));
         let failed = Arc::new(AtomicBool::new(false));
-        let (d2, f2) = (durable.clone(), failed.clone());
+        let closing = Arc::new(AtomicBool::new(false));
+        let (d2, f2, c2) = (durable.clone(), failed.clone(), closing.clone());
         let mut tail = recovered.tail.clone();
+        if let Some((name, len)) = &tail {
+            storage.resume(name, *len);
+        }
         let s = settings.clone();
         let writer = std::thread::Builder::new()
             .name("healthgate-wal".into())
@@ -367,13 +424,15 @@ impl Wal {
                 // CPU priority than the request workers (allowed as root or
                 // with CAP_SYS_NICE; otherwise it runs at normal priority).
                 set_thread_nice(-5);
-                write_loop(&mut *storage, &s, rx, &mut tail, &d2, &f2, &mut observer)
+                let flags = Flags { durable: &d2, failed: &f2, closing: &c2 };
+                write_loop(&mut *storage, &s, rx, &mut tail, flags, &mut observer)
             })
             .expect("spawn the log writer");
         Arc::new(Wal {
             tx: Mutex::new((recovered.next_lsn, Some(tx))),
             durable,
             failed,
+            closing,
             mode: settings.mode,
             writer: Mutex::new(Some(writer)),
         })
@@ -434,6 +493,7 @@ impl Wal {
     /// joins it.
     pub fn close(&self) {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).1 = None;
+        self.closing.store(true, Ordering::Release);
         if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
         }
@@ -451,27 +511,74 @@ pub fn set_thread_nice(nice: i32) {
     }
 }
 
+/// How closely records have been arriving: a moving average of the gap
+/// between two records reaching the writer.
+#[derive(Default)]
+struct Arrivals {
+    last: Option<Instant>,
+    /// Exponentially weighted mean gap, in seconds (weight 1/8 per record).
+    mean_gap: f64,
+}
+
+impl Arrivals {
+    fn saw(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            let gap = now.duration_since(last).as_secs_f64();
+            self.mean_gap += (gap - self.mean_gap) / 8.0;
+        } else {
+            // Start idle: the first record is written at once.
+            self.mean_gap = 1.0;
+        }
+        self.last = Some(now);
+    }
+
+    /// True when another record is expected well within `window`.
+    fn busy(&self, window: Duration) -> bool {
+        self.mean_gap * 2.0 < window.as_secs_f64()
+    }
+}
+
+/// What the writer shares with the [`Wal`] handle.
+struct Flags<'a> {
+    durable: &'a AtomicU64,
+    failed: &'a AtomicBool,
+    closing: &'a AtomicBool,
+}
+
 fn write_loop(
     storage: &mut dyn Storage,
     s: &WalSettings,
     rx: Receiver<Pending>,
     tail: &mut Option<(String, u64)>,
-    durable: &AtomicU64,
-    failed: &AtomicBool,
+    flags: Flags<'_>,
     observer: &mut impl Observer,
 ) {
+    let Flags { durable, failed, closing } = flags;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut batch: Vec<Pending> = Vec::with_capacity(s.batch_max_records);
     let mut records: Vec<Record> = Vec::with_capacity(s.batch_max_records);
+    let mut arrivals = Arrivals::default();
     while let Ok(first) = rx.recv() {
+        arrivals.saw(Instant::now());
         batch.push(first);
         let deadline = Instant::now() + s.batch_max_wait;
         while batch.len() < s.batch_max_records {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    arrivals.saw(Instant::now());
+                    batch.push(p);
+                }
+                // Nothing queued: wait for more only while records are
+                // known to be coming (they have been arriving closer
+                // together than half the window); a lone record is written
+                // at once (PostgreSQL's commit_delay with commit_siblings).
+                Err(_) if !arrivals.busy(s.batch_max_wait) => break,
                 Err(_) => match deadline.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => match rx.recv_timeout(left) {
-                        Ok(p) => batch.push(p),
+                        Ok(p) => {
+                            arrivals.saw(Instant::now());
+                            batch.push(p);
+                        }
                         Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
                     },
                     _ => break,
@@ -487,7 +594,31 @@ fn write_loop(
         buf.clear();
         let first_lsn = batch[0].record.lsn;
         if tail.as_ref().is_none_or(|(_, len)| *len >= s.segment_bytes) {
-            *tail = Some((segment_name(first_lsn), 0));
+            let name = segment_name(first_lsn);
+            // Creating the next segment writes nothing, so its failure is
+            // not the fsync failure that ends the log: keep the batch (its
+            // LSNs must be written in order) and retry, backing off, until
+            // it works or the log closes. Meanwhile the queue fills and
+            // appends are refused (503); nothing is acknowledged.
+            let mut backoff = Duration::from_millis(1);
+            let created = loop {
+                match storage.create(&name) {
+                    Ok(()) => break true,
+                    Err(_) if closing.load(Ordering::Acquire) => break false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, segment = %name, retry_in_ms = backoff.as_millis() as u64, "cannot create the next log segment; retrying");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            };
+            if !created {
+                for p in batch.drain(..) {
+                    let _ = p.done.send(Err(WalError::Closed));
+                }
+                return;
+            }
+            *tail = Some((name, 0));
         }
         let (name, len) = tail.as_mut().expect("set above");
         if *len == 0 {
@@ -630,6 +761,114 @@ mod tests {
         assert_eq!(serials(&disk, 1).unwrap().0, Vec::<u64>::new());
     }
 
+    /// A segment that cannot be created is not an fsync failure: nothing
+    /// was written, so the writer retries, the log does not fail, and the
+    /// record is written once the disk lets it.
+    #[test]
+    fn a_segment_that_cannot_be_created_is_retried_not_fatal() {
+        let disk = FaultyStorage::new();
+        disk.fail_creates(true);
+        let wal = start(&disk, WalSettings::default());
+        let t = wal.append(0, scan(1)).unwrap();
+        while disk.create_attempts() < 3 {
+            std::thread::yield_now();
+        }
+        assert!(!wal.is_failed());
+        disk.fail_creates(false);
+        assert_eq!(t.wait_blocking(), Ok(1));
+        assert_eq!(wal.append(0, scan(2)).unwrap().wait_blocking(), Ok(2));
+        wal.close();
+        disk.crash();
+        assert_eq!(serials(&disk, 1).unwrap().0, vec![1, 2]);
+    }
+
+    /// The zeros after the last record of a preallocated segment are the
+    /// end of the log, not a torn write: nothing is cut, and appending goes
+    /// on right after the last record.
+    #[test]
+    fn zeros_after_the_last_record_are_the_end_of_the_log() {
+        let disk = FaultyStorage::new();
+        let wal = start(&disk, WalSettings::default());
+        for i in 1..=3 {
+            wal.append(0, scan(i)).unwrap().wait_blocking().unwrap();
+        }
+        wal.close();
+        let name = disk.list().unwrap()[0].clone();
+        let end = disk.durable_len(&name);
+        let mut d = disk.clone();
+        d.append(&name, &[0u8; 4096]).unwrap();
+        d.sync(&name).unwrap();
+        let (seen, r) = serials(&disk, 1).unwrap();
+        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!((r.truncated_bytes, r.tail.clone()), (0, Some((name.clone(), end as u64))));
+        assert_eq!(disk.durable_len(&name), end + 4096, "nothing was cut");
+        // A torn record in front of the zeros is still a torn record.
+        let mut frame = Vec::new();
+        encode_frame(&Record { lsn: 4, at: 0, event: scan(4) }, &mut frame);
+        let disk2 = FaultyStorage::new();
+        let mut d2 = disk2.clone();
+        let mut bytes = disk.read(&name).unwrap()[..end].to_vec();
+        bytes.extend_from_slice(&frame[..frame.len() / 2]);
+        bytes.extend_from_slice(&[0u8; 1000]);
+        d2.append(&name, &bytes).unwrap();
+        d2.sync(&name).unwrap();
+        let (seen, r) = serials(&disk2, 1).unwrap();
+        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!(r.truncated_bytes as usize, frame.len() / 2 + 1000);
+        // And a segment that is zeros from its first byte is empty.
+        let disk3 = FaultyStorage::new();
+        let mut d3 = disk3.clone();
+        d3.append(&segment_name(1), &[0u8; 4096]).unwrap();
+        d3.sync(&segment_name(1)).unwrap();
+        let (seen, r) = serials(&disk3, 1).unwrap();
+        assert!(seen.is_empty());
+        assert_eq!(r.next_lsn, 1);
+    }
+
+    /// On the real file system, segments are preallocated and prepared
+    /// ahead: records are appended into zero-filled files, survive a
+    /// restart, and appending resumes after the last record.
+    #[test]
+    fn preallocated_segments_on_disk_recover_and_resume() {
+        use storage::FsStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = WalSettings { segment_bytes: 8192, batch_max_records: 4, ..Default::default() };
+        let open = || FsStorage::with_preallocation(dir.path(), 8192).unwrap();
+        let mut written = 0u64;
+        for _run in 0..3 {
+            let mut disk = open();
+            let mut seen = Vec::new();
+            let rec = recover(&mut disk, 1, |r| {
+                if let Event::Scan(s) = &r.event {
+                    seen.push(s.serial)
+                }
+            })
+            .unwrap();
+            assert_eq!(seen, (1..=written).collect::<Vec<_>>());
+            assert_eq!(rec.truncated_bytes, 0);
+            let wal = Wal::start(Box::new(disk), settings.clone(), &rec, ());
+            for _ in 0..100 {
+                written += 1;
+                assert_eq!(wal.append(0, scan(written)).unwrap().wait_blocking(), Ok(written));
+            }
+            wal.close();
+        }
+        let segments: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap()).collect();
+        let full = segments
+            .iter()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .filter(|e| e.metadata().unwrap().len() >= 8192)
+            .count();
+        assert!(full >= 2, "segments were preallocated to their size");
+        // The segment written last was prepared ahead: zeros follow its
+        // last record, and recovery ends the log there without cutting.
+        let mut disk = open();
+        let rec = recover(&mut disk, 1, |_| {}).unwrap();
+        let (name, end) = rec.tail.clone().unwrap();
+        assert_eq!(rec.next_lsn, written + 1);
+        assert!(std::fs::metadata(dir.path().join(&name)).unwrap().len() > end, "{name} is preallocated");
+    }
+
     #[test]
     fn a_flipped_bit_in_the_middle_stops_recovery() {
         let disk = FaultyStorage::new();
@@ -653,6 +892,34 @@ mod tests {
         let len = disk2.durable_len(&name);
         disk2.flip_bit(&name, len - 3, 0);
         assert_eq!(serials(&disk2, 1).unwrap().0, vec![0, 1]);
+    }
+
+    /// The writer waits for company only while records come close together:
+    /// a lone record (or a trickle) is written at once.
+    #[test]
+    fn waits_for_more_records_only_while_they_come_close_together() {
+        let window = Duration::from_micros(100);
+        let t0 = Instant::now();
+        let mut a = Arrivals::default();
+        a.saw(t0);
+        assert!(!a.busy(window), "a first, lone record is written at once");
+        // A trickle, one record a millisecond: never waits.
+        for i in 1..50 {
+            a.saw(t0 + Duration::from_millis(i));
+        }
+        assert!(!a.busy(window));
+        // A burst, one record every 10 µs: others are known to be coming.
+        let t1 = t0 + Duration::from_millis(50);
+        for i in 0..50 {
+            a.saw(t1 + Duration::from_micros(10 * i));
+        }
+        assert!(a.busy(window));
+        // The burst ends: after a few spread-out records it stops waiting.
+        let t2 = t1 + Duration::from_millis(10);
+        for i in 0..30 {
+            a.saw(t2 + Duration::from_millis(i));
+        }
+        assert!(!a.busy(window));
     }
 
     #[test]

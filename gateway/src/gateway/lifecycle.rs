@@ -27,6 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// How long a tracing query waits for the index to reach what was durable
+/// when it arrived, before it answers 503.
+pub const INDEX_WAIT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Error)]
 pub enum PersistError {
     #[error("{0}")]
@@ -97,15 +101,32 @@ impl Gateway {
         self.add_revocations(&meta.revocations, now, self.live().revocation_filter);
         self.set_feed_seq_at_least(meta.feed_seq);
 
-        let index = Arc::new(VisitIndex::open(&log.dir.join("visits.redb"))?);
-        let indexed_lsn = index.indexed_lsn()?;
+        let (index, indexed_lsn) = self.open_index(&log.dir.join("visits.redb"))?;
         let mut storage: Box<dyn Storage> = match storage {
             Some(s) => s,
-            None => Box::new(FsStorage::open(&log.dir.join("wal")).map_err(io(&log.dir))?),
+            None => Box::new(
+                FsStorage::with_preallocation(&log.dir.join("wal"), log.wal.segment_bytes).map_err(io(&log.dir))?,
+            ),
         };
+        // The log must continue the snapshot: its first segment starts at
+        // or before the first record the snapshot lacks. (The index may be
+        // further behind: retention removed what it could no longer get.)
+        if let Some((first, name)) = wal::segments(&*storage)?.into_iter().next() {
+            if first > meta.lsn + 1 {
+                return Err(RecoveryError::Missing {
+                    from: meta.lsn + 1,
+                    to: first - 1,
+                    why: format!(
+                        "the snapshot covers the log up to LSN {} but its first segment, {name}, starts at LSN {first}",
+                        meta.lsn
+                    ),
+                }
+                .into());
+            }
+        }
         let mut visits = Vec::new();
         let mut index_err = None;
-        let mut recovered = wal::recover(&mut *storage, meta.lsn.min(indexed_lsn) + 1, |rec| {
+        let recovered = wal::recover(&mut *storage, meta.lsn.min(indexed_lsn) + 1, |rec| {
             if rec.lsn > meta.lsn {
                 self.replay(rec);
                 report.replayed += 1;
@@ -132,16 +153,25 @@ impl Gateway {
         report.indexed += visits.len() as u64;
         index.insert(&visits)?;
         report.truncated_bytes = recovered.truncated_bytes;
-        if recovered.next_lsn <= meta.lsn {
-            // The snapshot is ahead of the log (the log was removed): go on
-            // after the snapshot in a new segment.
-            recovered.next_lsn = meta.lsn + 1;
-            recovered.tail = None;
+        // The log must reach everything the snapshot and the index have
+        // seen: both saw only durable records, so a shorter log lost some.
+        let end = recovered.next_lsn - 1;
+        for (seen, by) in [(meta.lsn, "the snapshot"), (indexed_lsn, "the tracing index")] {
+            if end < seen {
+                return Err(RecoveryError::Missing {
+                    from: end + 1,
+                    to: seen,
+                    why: format!("{by} has seen LSN {seen} but the log in {} ends at LSN {end}", log.dir.display()),
+                }
+                .into());
+            }
         }
         let m = self.metrics();
         let log_metrics =
             LogMetrics { batch_records: m.log_batch_records.clone(), fsync_seconds: m.log_fsync_seconds.clone() };
-        let (indexer, feeder) = Indexer::start(index, recovered.next_lsn - 1, log_metrics).map_err(io(&log.dir))?;
+        let reader = storage.reader().map_err(io(&log.dir))?;
+        let (indexer, feeder) =
+            Indexer::start(index, recovered.next_lsn - 1, reader, log_metrics).map_err(io(&log.dir))?;
         self.durable_tx.send_replace(recovered.next_lsn - 1);
         let observer = super::replica::Tee { inner: feeder, durable: self.durable_tx.clone() };
         let wal = Wal::start(storage, log.wal.clone(), &recovered, observer);
@@ -156,6 +186,34 @@ impl Gateway {
         m.recovery_seconds.set(report.elapsed.as_secs_f64());
         m.recovery_replayed.set(report.replayed as i64);
         Ok(report)
+    }
+
+    /// Opens the tracing index and reads its high-water mark. A damaged
+    /// index (it fails to open, to pass its checksums, or to be read) is set
+    /// aside as `visits.redb.damaged-<unix time>` with a warning and a new,
+    /// empty one is opened: recovery fills it from the log.
+    fn open_index(&self, path: &Path) -> Result<(Arc<VisitIndex>, u64), PersistError> {
+        let attempt = || {
+            // A damaged file must not take the process down: redb may panic
+            // on some damage its checksums do not cover.
+            std::panic::catch_unwind(|| VisitIndex::open(path).and_then(|i| Ok((i.indexed_lsn()?, i))))
+                .unwrap_or(Err(VisitError::Corrupt("the index panicked while opening")))
+        };
+        match attempt() {
+            Ok((lsn, index)) => Ok((Arc::new(index), lsn)),
+            Err(e) => {
+                let aside = path.with_extension(format!("redb.damaged-{}", self.now()));
+                std::fs::rename(path, &aside).map_err(|source| PersistError::Io { path: path.to_owned(), source })?;
+                tracing::warn!(
+                    error = %e, index = %path.display(), moved_to = %aside.display(),
+                    "the tracing index is damaged: set aside, rebuilding it from the log"
+                );
+                self.metrics().index_rebuilds.inc();
+                let index = VisitIndex::open(path)?;
+                let lsn = index.indexed_lsn()?;
+                Ok((Arc::new(index), lsn))
+            }
+        }
     }
 
     /// Writes a snapshot of the whole state into the data directory.
@@ -235,16 +293,19 @@ impl Gateway {
         Ok((visits, removed))
     }
 
-    /// Waits (bounded) until every durable scan is in the tracing index, so
-    /// a query sees the scans acknowledged before it.
-    pub async fn index_caught_up(&self) {
-        let (Some(wal), Some(d)) = (self.wal.get(), self.durable.get()) else { return };
+    /// Waits (bounded, on the indexed-position watch) until every scan that
+    /// was durable when the query arrived is in the tracing index, so that a
+    /// query sees the scans acknowledged before it. `Err(behind)` when the
+    /// index is still that many records short after [`INDEX_WAIT`]: the
+    /// query must not answer short.
+    pub async fn index_caught_up(&self) -> Result<(), u64> {
+        let (Some(wal), Some(d)) = (self.wal.get(), self.durable.get()) else { return Ok(()) };
         let target = wal.durable_lsn();
-        for _ in 0..2000 {
-            if d.indexer.indexed_lsn() >= target || d.indexer.has_failed() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        let mut watch = d.indexer.watch();
+        let reached = tokio::time::timeout(INDEX_WAIT, watch.wait_for(|l| *l >= target)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(target.saturating_sub(d.indexer.indexed_lsn()).max(1)),
         }
     }
 

@@ -102,13 +102,91 @@ fn key(dir: &Path, name: &str, kid: &str) -> std::io::Result<(PathBuf, ed25519_d
     Ok((secret, k))
 }
 
+/// Why a folder cannot be resumed as a demo.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{dir} holds a gateway's data but no env.json, so it is not a demo this command can resume; \
+         pass --fresh to delete it and start a new demo there"
+    )]
+    NotADemo { dir: PathBuf },
+    #[error("{dir} holds a demo {what}; pass --fresh to delete it and start a new demo with these options")]
+    Differs { dir: PathBuf, what: String },
+    #[error("{dir}: env.json names {path}, which is missing; pass --fresh to start a new demo there")]
+    Missing { dir: PathBuf, path: PathBuf },
+}
+
+/// What the user asked for on the command line: `None` where a flag was
+/// not given (a resumed demo keeps what it was made with).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Requested {
+    pub size: Option<u64>,
+    pub seed: Option<u64>,
+    pub tls: bool,
+}
+
+/// The demo already in `dir`, if there is one, for `healthgate demo` to
+/// resume: its keys, configuration, state, log and index are reused as
+/// they are. `Ok(None)` when `dir` holds no demo and no gateway data (a new
+/// demo may be written there). A folder with a gateway's data but no
+/// manifest, or a demo made with other options than `requested`, is an
+/// error: nothing is deleted without `--fresh`.
+pub fn existing(dir: &Path, requested: &Requested) -> Result<Option<Env>, ResumeError> {
+    let env_path = dir.join("env.json");
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ResumeError::Io { path, source }
+    };
+    let env = match Env::load(&env_path) {
+        Ok(env) => env,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // `prepare` writes env.json only once it serves, so a folder
+            // without one never acknowledged anything, unless a gateway's
+            // data directory says otherwise.
+            return if dir.join("data").exists() {
+                Err(ResumeError::NotADemo { dir: dir.to_owned() })
+            } else {
+                Ok(None)
+            };
+        }
+        Err(e) => return Err(io(&env_path)(e)),
+    };
+    for path in [&env.config, &env.trust, &env.issuer_key, &env.authority_key] {
+        if !path.exists() {
+            return Err(ResumeError::Missing { dir: dir.to_owned(), path: path.clone() });
+        }
+    }
+    let differs = |what: String| Err(ResumeError::Differs { dir: dir.to_owned(), what });
+    if let Some(size) = requested.size.filter(|s| *s != env.population.size) {
+        return differs(format!("of {} holders, not {size}", env.population.size));
+    }
+    if let Some(seed) = requested.seed.filter(|s| *s != env.population.seed) {
+        return differs(format!("seeded with {}, not {seed}", env.population.seed));
+    }
+    if requested.tls && env.ca_cert.is_none() {
+        return differs("served over plain HTTP, not HTTPS".to_owned());
+    }
+    Ok(Some(env))
+}
+
 /// Writes keys, trust list, configuration and state into `dir` (replacing a
-/// previous demo there) and returns the manifest; the caller fills in the
-/// URLs once it has bound, then writes it with [`Env::write`].
+/// previous demo there, its log and tracing index included: `healthgate demo
+/// --fresh`) and returns the manifest; the caller fills in the URLs once it
+/// has bound, then writes it with [`Env::write`].
 pub fn prepare(dir: &Path, opts: &DemoOptions, public: &str, admin: &str, now: UnixSecs) -> std::io::Result<Env> {
     std::fs::create_dir_all(dir.join("keys"))?;
     let dir = dir.canonicalize()?;
-    // A new demo starts from its new population, not an old run's log.
+    // A new demo starts from its new population, not an old run's log; the
+    // old manifest goes first, so that an interrupted start is never
+    // resumed as the old demo with new keys.
+    for file in ["env.json", "env.json.tmp"] {
+        match std::fs::remove_file(dir.join(file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
     match std::fs::remove_dir_all(dir.join("data")) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}

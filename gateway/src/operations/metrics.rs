@@ -64,6 +64,7 @@ pub struct Metrics {
     /// indexer stopped on an error. Read at scrape time.
     pub index_lag_records: IntGauge,
     pub index_failed: IntGauge,
+    pub index_rebuilds: IntCounter,
     /// 1 when the last reload was applied, 0 when it was refused.
     pub reload_ok: IntGauge,
 }
@@ -189,6 +190,10 @@ impl Metrics {
             "healthgate_index_failed",
             "1 after the tracing index failed: indexing stops until a restart re-indexes from the log.",
         )?;
+        let index_rebuilds = IntCounter::new(
+            "healthgate_index_rebuilds_total",
+            "Tracing indexes found damaged at start, set aside and rebuilt from the log.",
+        )?;
         let reload_ok = IntGauge::new(
             "healthgate_config_last_reload_successful",
             "1 when the last configuration reload was applied (or none was asked), 0 when it was refused.",
@@ -242,6 +247,7 @@ impl Metrics {
             Box::new(log_failed.clone()),
             Box::new(index_lag_records.clone()),
             Box::new(index_failed.clone()),
+            Box::new(index_rebuilds.clone()),
             Box::new(reload_ok.clone()),
         ] {
             registry.register(c)?;
@@ -275,6 +281,7 @@ impl Metrics {
             log_failed,
             index_lag_records,
             index_failed,
+            index_rebuilds,
             reload_ok,
         })
     }

@@ -544,8 +544,16 @@ async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>)
             "tracing index unavailable (log.mode is off, or the index failed: restart to rebuild it from the log)",
         )
     })?;
-    // Read your writes: everything acknowledged before the query is in it.
-    gw.index_caught_up().await;
+    // Read your writes: everything acknowledged before the query is in it,
+    // or the query is refused; it never answers short.
+    if let Err(behind) = gw.index_caught_up().await {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "tracing index is {behind} records behind the log: this answer would miss registrations; retry shortly"
+            ),
+        ));
+    }
     // A replica answers for the cluster: its own index and the others'.
     let sources = gw.replica().map(|r| {
         let mut s = vec![(r.node().to_owned(), index.clone())];

@@ -33,36 +33,143 @@ pub trait Storage: Send + Sync + 'static {
     /// Cuts the file to `len` bytes, durably.
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()>;
     fn remove(&mut self, name: &str) -> io::Result<()>;
+    /// Creates an empty file (durably: its directory entry too). Nothing is
+    /// written, so a failure here loses nothing and may be retried.
+    fn create(&mut self, name: &str) -> io::Result<()>;
+    /// The next append to `name` goes at byte `len` (where recovery found
+    /// the log's end; a preallocated file's zeros lie beyond).
+    fn resume(&mut self, _name: &str, _len: u64) {}
+    /// Another handle on the same files, for a reader beside the writer
+    /// (it sees what was appended, as another process would).
+    fn reader(&self) -> io::Result<Box<dyn Storage>>;
 }
 
 /// Segment files in a directory on the real file system.
+///
+/// With preallocation on, every new segment is a file already zero-filled
+/// to its full size and synced, prepared ahead by a background thread, so
+/// that appending overwrites allocated blocks and an fdatasync flushes data
+/// only, not the file's size and extents through the journal. The log's
+/// end is then the first frame header of zeros (see `wal::recover`).
 pub struct FsStorage {
     dir: PathBuf,
-    /// The file being appended to, kept open.
-    open: Option<(String, File)>,
+    /// The file being appended to, kept open, with its logical end (where
+    /// the next append goes; the zeros of a preallocated file lie beyond).
+    open: Option<(String, File, u64)>,
+    /// Where appends to a file recovery found go (its logical end).
+    resume: Option<(String, u64)>,
+    /// Size of a preallocated segment; 0: segments grow as they are written.
+    prealloc: u64,
+    /// The next segment being zero-filled in the background.
+    preparing: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
+
+/// The file a segment is prepared in before it gets its name.
+const PREPARED: &str = "next-segment.prep";
 
 impl FsStorage {
     pub fn open(dir: &Path) -> io::Result<FsStorage> {
         std::fs::create_dir_all(dir)?;
-        Ok(FsStorage { dir: dir.to_owned(), open: None })
+        Ok(FsStorage { dir: dir.to_owned(), open: None, resume: None, prealloc: 0, preparing: None })
     }
 
-    fn file(&mut self, name: &str) -> io::Result<&mut File> {
-        if self.open.as_ref().is_none_or(|(n, _)| n != name) {
+    /// Like [`FsStorage::open`], with segments of `bytes` preallocated, the
+    /// next one always prepared ahead.
+    pub fn with_preallocation(dir: &Path, bytes: u64) -> io::Result<FsStorage> {
+        let mut s = FsStorage::open(dir)?;
+        s.prealloc = bytes;
+        // A preparation a crash interrupted is worth nothing: start over.
+        match std::fs::remove_file(dir.join(PREPARED)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        s.prepare_next();
+        Ok(s)
+    }
+
+    fn prepare_next(&mut self) {
+        if self.prealloc == 0 || self.preparing.is_some() {
+            return;
+        }
+        let (path, len) = (self.dir.join(PREPARED), self.prealloc);
+        let spawned = std::thread::Builder::new().name("healthgate-wal-prep".into()).spawn(move || {
+            crate::durability::wal::set_thread_nice(10);
+            let f = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = len;
+            let mut w = io::BufWriter::with_capacity(1 << 20, &f);
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                w.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            w.flush()?;
+            drop(w);
+            f.sync_all()
+        });
+        // Without the thread, segments simply grow as they are written.
+        self.preparing = spawned.ok();
+    }
+
+    /// Gives `name` the prepared file if it is ready; false otherwise.
+    fn take_prepared(&mut self, name: &str) -> io::Result<bool> {
+        if !self.preparing.as_ref().is_some_and(|h| h.is_finished()) {
+            return Ok(false);
+        }
+        let ready =
+            self.preparing.take().expect("checked").join().unwrap_or_else(|_| Err(io::Error::other("panicked")));
+        if let Err(e) = ready {
+            tracing::warn!(error = %e, "preparing the next log segment failed; this one grows as it is written");
+            let _ = std::fs::remove_file(self.dir.join(PREPARED));
+            return Ok(false);
+        }
+        std::fs::rename(self.dir.join(PREPARED), self.dir.join(name))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(true)
+    }
+
+    fn file(&mut self, name: &str) -> io::Result<(&mut File, &mut u64)> {
+        if self.open.as_ref().is_none_or(|(n, _, _)| n != name) {
             let existed = self.dir.join(name).exists();
-            let f = OpenOptions::new().create(true).append(true).open(self.dir.join(name))?;
+            let f = OpenOptions::new().create(true).write(true).truncate(false).open(self.dir.join(name))?;
             if !existed {
                 // A new segment's directory entry must be durable too.
                 File::open(&self.dir)?.sync_all()?;
             }
-            self.open = Some((name.to_owned(), f));
+            let end = match self.resume.take() {
+                Some((n, end)) if n == name => end,
+                _ => f.metadata()?.len(),
+            };
+            self.open = Some((name.to_owned(), f, end));
         }
-        Ok(&mut self.open.as_mut().expect("just opened").1)
+        let (_, f, end) = self.open.as_mut().expect("just opened");
+        Ok((f, end))
     }
 }
 
 impl Storage for FsStorage {
+    fn create(&mut self, name: &str) -> io::Result<()> {
+        if self.open.as_ref().is_some_and(|(n, _, _)| n == name) {
+            return Ok(());
+        }
+        let prepared = !self.dir.join(name).exists() && self.take_prepared(name)?;
+        self.file(name)?;
+        if prepared {
+            // The prepared file is all zeros: the segment starts empty.
+            if let Some((_, _, end)) = self.open.as_mut() {
+                *end = 0;
+            }
+        }
+        self.prepare_next();
+        Ok(())
+    }
+    fn resume(&mut self, name: &str, len: u64) {
+        self.open = None;
+        self.resume = Some((name.to_owned(), len));
+    }
+    fn reader(&self) -> io::Result<Box<dyn Storage>> {
+        Ok(Box::new(FsStorage::open(&self.dir)?))
+    }
     fn list(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for e in std::fs::read_dir(&self.dir)? {
@@ -83,10 +190,14 @@ impl Storage for FsStorage {
         Ok(b)
     }
     fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.file(name)?.write_all(bytes)
+        use std::os::unix::fs::FileExt;
+        let (f, end) = self.file(name)?;
+        f.write_all_at(bytes, *end)?;
+        *end += bytes.len() as u64;
+        Ok(())
     }
     fn sync(&mut self, name: &str) -> io::Result<()> {
-        self.file(name)?.sync_data()
+        self.file(name)?.0.sync_data()
     }
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()> {
         self.open = None;
@@ -95,7 +206,7 @@ impl Storage for FsStorage {
         f.sync_all()
     }
     fn remove(&mut self, name: &str) -> io::Result<()> {
-        if self.open.as_ref().is_some_and(|(n, _)| n == name) {
+        if self.open.as_ref().is_some_and(|(n, _, _)| n == name) {
             self.open = None;
         }
         std::fs::remove_file(self.dir.join(name))?;
@@ -114,6 +225,9 @@ struct FakeFile {
 pub struct FaultyStorage {
     files: std::sync::Arc<Mutex<BTreeMap<String, FakeFile>>>,
     fail_sync: std::sync::Arc<AtomicBool>,
+    fail_create: std::sync::Arc<AtomicBool>,
+    /// Calls of `create`, failed ones included.
+    creates: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FaultyStorage {
@@ -152,6 +266,16 @@ impl FaultyStorage {
         self.fail_sync.store(on, Ordering::SeqCst);
     }
 
+    /// Creating a file fails (a full disk, no inodes, too many open files).
+    pub fn fail_creates(&self, on: bool) {
+        self.fail_create.store(on, Ordering::SeqCst);
+    }
+
+    /// How many times a file was asked to be created.
+    pub fn create_attempts(&self) -> u64 {
+        self.creates.load(Ordering::SeqCst)
+    }
+
     pub fn list_names(&self) -> Vec<String> {
         self.files.lock().expect("fake disk").keys().cloned().collect()
     }
@@ -167,6 +291,17 @@ impl FaultyStorage {
 }
 
 impl Storage for FaultyStorage {
+    fn create(&mut self, name: &str) -> io::Result<()> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        if self.fail_create.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected failure to create a file"));
+        }
+        self.files.lock().expect("fake disk").entry(name.to_owned()).or_default();
+        Ok(())
+    }
+    fn reader(&self) -> io::Result<Box<dyn Storage>> {
+        Ok(Box::new(self.clone()))
+    }
     fn list(&self) -> io::Result<Vec<String>> {
         Ok(self.files.lock().expect("fake disk").keys().cloned().collect())
     }

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# What strict logging costs, side by side in one run: two demo gateways on
+# the same machine (100 000 holders each), one with the default strict log,
+# one with `[log] mode = "off"`, loaded in turn at each constant open-loop
+# rate with the demo's case mix, every answer checked by healthgate-loadgen
+# (latency from the intended send time). For the strict gateway the fsync
+# p50/p99 and the mean batch size come from its own /metrics histograms
+# (healthgate_log_fsync_duration_seconds, healthgate_log_batch_records),
+# as differences between a scrape before and after each run.
+#
+#   scripts/bench-durability.sh
+#   RATES="500 2000 8000 12000" DURATION=4s scripts/bench-durability.sh
+#
+# Settings (environment): RATES="500 2000 8000" DURATION=4s SIZE=100000
+# CONNECTIONS=64 REPEAT=1 (runs per rate and mode; the table shows the
+# median p99 over them) KEEP=1 (keep the work folder).
+# Exits 1 if any answer was wrong or any request failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATES=${RATES:-"500 2000 8000"}
+DURATION=${DURATION:-4s}
+SIZE=${SIZE:-100000}
+CONNECTIONS=${CONNECTIONS:-64}
+REPEAT=${REPEAT:-1}
+
+for tool in curl python3; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "$tool is needed" >&2; exit 1; }
+done
+
+cargo build --release -p healthgate -p healthgate-loadgen
+BIN=${CARGO_TARGET_DIR:-target}/release
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/healthgate-durability.XXXXXX")
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "${KEEP:-0}" = 1 ]; then echo "results kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
+
+# Runs `healthgate demo` on $WORK/$1 with extra arguments until it is ready;
+# sets PID.
+start_demo() {
+  local dir=$WORK/$1
+  shift
+  local marker=$WORK/.started
+  touch "$marker"
+  sleep 1 # env.json's time must differ from the marker's
+  "$BIN/healthgate" demo --dir "$dir" --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 "$@" \
+    >"$dir.log" 2>&1 &
+  PID=$!
+  PIDS+=("$PID")
+  for _ in $(seq 600); do
+    if [ "$dir/env.json" -nt "$marker" ] &&
+      curl -fs "$(json "$dir/env.json" "['admin_url']")/readyz" >/dev/null 2>&1; then
+      return
+    fi
+    sleep 0.2
+  done
+  echo "the demo in $dir did not become ready:" >&2
+  cat "$dir.log" >&2
+  exit 1
+}
+
+stop_demo() {
+  kill -TERM "$1"
+  wait "$1" 2>/dev/null || true
+}
+
+echo "preparing two demos of $SIZE holders in $WORK" >&2
+start_demo strict --fresh
+STRICT_PID=$PID
+# The same demo with logging off: made, stopped, reconfigured, resumed.
+start_demo off --fresh
+stop_demo "$PID"
+printf '\n[log]\nmode = "off"\n' >>"$WORK/off/healthgate.toml"
+start_demo off
+OFF_PID=$PID
+echo "strict gateway pid $STRICT_PID, off gateway pid $OFF_PID" >&2
+
+scrape() { curl -fs "$(json "$WORK/strict/env.json" "['admin_url']")/metrics" >"$1"; }
+
+# Quantiles and mean of a histogram between two scrapes.
+hist() {
+  python3 - "$1" "$2" "$3" <<'EOF'
+import re, sys
+before, after, name = sys.argv[1:]
+def read(path):
+    buckets, total, count = {}, 0.0, 0.0
+    for line in open(path):
+        m = re.match(name + r'_bucket\{le="([^"]+)"\} (\S+)', line)
+        if m:
+            buckets[float('inf') if m[1] == '+Inf' else float(m[1])] = float(m[2])
+        elif line.startswith(name + '_sum '):
+            total = float(line.split()[1])
+        elif line.startswith(name + '_count '):
+            count = float(line.split()[1])
+    return buckets, total, count
+b0, s0, c0 = read(before)
+b1, s1, c1 = read(after)
+n = c1 - c0
+def quantile(q):
+    if n <= 0:
+        return float('nan')
+    lo, below = 0.0, 0.0
+    for le in sorted(b1):
+        cum = b1[le] - b0.get(le, 0.0)
+        if cum >= q * n:
+            if le == float('inf'):
+                return lo
+            inside = cum - below
+            return lo + (le - lo) * ((q * n - below) / inside if inside > 0 else 1.0)
+        lo, below = le, cum
+    return lo
+mean = (s1 - s0) / n if n > 0 else float('nan')
+print(quantile(0.5), quantile(0.99), mean, int(n))
+EOF
+}
+
+seed=0
+failed=0
+ROWS=()
+for rate in $RATES; do
+  declare -A p50 p99 p999 wrong
+  fs=""
+  for mode in strict off; do
+    vals=()
+    for r in $(seq "$REPEAT"); do
+      seed=$((seed + 1))
+      out=$WORK/$mode-$rate-$r.json
+      [ "$mode" = strict ] && scrape "$WORK/before.prom"
+      status=0
+      "$BIN/healthgate-loadgen" --env "$WORK/$mode/env.json" --rate "$rate" --duration "$DURATION" \
+        --connections "$CONNECTIONS" --case-seed "$seed" --json -q >"$out" 2>"$out.err" || status=$?
+      if [ "$mode" = strict ]; then
+        scrape "$WORK/after.prom"
+        read -r f50 f99 _ _ < <(hist "$WORK/before.prom" "$WORK/after.prom" healthgate_log_fsync_duration_seconds)
+        read -r _ _ bmean batches < <(hist "$WORK/before.prom" "$WORK/after.prom" healthgate_log_batch_records)
+        fs=$(python3 -c "print(f'{$f50*1e3:.3f} / {$f99*1e3:.3f} ms | {$bmean:.2f} ({$batches} batches)')")
+      fi
+      errors=$(json "$out" "['errors']['total']")
+      mism=$(json "$out" "['mismatches']")
+      if [ "$status" -ne 0 ] || [ "$errors" != 0 ] || [ "$mism" != 0 ]; then
+        echo "$mode at $rate/s: exit $status, $errors errors, $mism wrong answers (see $out.err)" >&2
+        failed=1
+      fi
+      vals+=("$(json "$out" "['latency_us']['p50_us']") $(json "$out" "['latency_us']['p99_us']") $(json "$out" "['latency_us']['p999_us']") $mism")
+    done
+    # The run with the median p99.
+    read -r p50[$mode] p99[$mode] p999[$mode] wrong[$mode] < <(printf '%s\n' "${vals[@]}" | sort -k2 -n | sed -n "$(((REPEAT + 1) / 2))p")
+  done
+  ms() { python3 -c "print(f'{$1/1000:.2f}')"; }
+  ROWS+=("| $rate/s | $(ms "${p50[off]}") / $(ms "${p99[off]}") / $(ms "${p999[off]}") ms | $(ms "${p50[strict]}") / $(ms "${p99[strict]}") / $(ms "${p999[strict]}") ms | $(ms $((p99[strict] - p99[off]))) ms | $(ms $((p999[strict] - p999[off]))) ms | $fs | ${wrong[strict]} / ${wrong[off]} |")
+  unset p50 p99 p999 wrong
+done
+
+echo
+echo "strict vs [log] mode = \"off\": $SIZE holders, the demo's case mix, open loop, $DURATION a run, $CONNECTIONS connections, $(nproc) CPUs"
+echo
+echo "| rate | off p50 / p99 / p99.9 | strict p50 / p99 / p99.9 | strict - off p99 | strict - off p99.9 | strict fsync p50 / p99 | mean batch | wrong answers strict / off |"
+echo "| ---: | --- | --- | ---: | ---: | --- | --- | --- |"
+printf '%s\n' "${ROWS[@]}"
+echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+exit $failed
