@@ -13,6 +13,9 @@
 #   (f) wrk and healthgate-loadgen against bare_http: requests per CPU-second
 #   (g) scripts/bench-tls.sh: the TLS cost with keep-alive (TLS=0 skips it)
 #
+# After (d), the verifier stage's batch sizes during (d) (from the gateway's
+# healthgate_verify_batch_size histogram).
+#
 # Every run lasts DURATION seconds (plus the drain of what is in flight).
 # Prints a table, the ratios (c)/(a) and (d)/(b), and keeps the loadgen's
 # JSON summaries in the work folder it names. Exits 1 if (d) or (e) found a
@@ -135,7 +138,11 @@ loadgen c-gateway-lookup --target lookup "${RAMP[@]}"
 # `out` would leave its holder inside for the next run's anti-passback.
 loadgen e-morning-peak --profile morning-peak --scale "$SCALE" --compress "$COMPRESS" --case-seed 5 \
   --sign-ahead "$SIGN_AHEAD"
+# The verifier stage's batch sizes over (d) alone: the histogram before and after.
+batch_sizes() { curl -s "$ADMIN/metrics" | awk '/^healthgate_verify_batch_size_(sum|count|bucket)/ { print $1, $2 }'; }
+batch_sizes >"$WORK/d-batches.before"
 loadgen d-gateway-scan --case-seed 4 --sign-ahead "$SIGN_AHEAD" "${RAMP[@]}"
+batch_sizes >"$WORK/d-batches.after"
 
 # (f) the same connection count and threads for wrk and the loadgen; CPU
 # (user + system) measured the same way for both.
@@ -199,6 +206,20 @@ echo "ratios (max rate within the SLO): (c)/(a) = $(slo_ratio c-gateway-lookup a
   "(d)/(b) = $(slo_ratio d-gateway-scan b-bare-verify)"
 echo "ratios (peak achieved):           (c)/(a) = $(ratio "$(peak_rate c-gateway-lookup)" "$(peak_rate a-bare-http)")," \
   "(d)/(b) = $(ratio "$(peak_rate d-gateway-scan)" "$(peak_rate b-bare-verify)")"
+
+# Batches of (d): count, mean size, and the share of batches of each size bucket.
+awk 'NR == FNR { before[$1] = $2; next } { d[$1] = $2 - before[$1] }
+  END {
+    n = d["healthgate_verify_batch_size_count"]; sum = d["healthgate_verify_batch_size_sum"]
+    if (n > 0) printf "(d) verifier batches: %d batches, %d codes, mean %.1f codes a batch; ", n, sum, sum / n
+    else printf "(d) verifier batches: none (verification inline?)"
+    prev = 0
+    for (le = 1; le <= 256; le *= 2) {
+      k = "healthgate_verify_batch_size_bucket{le=\"" le "\"}"
+      if (n > 0 && (k in d)) { printf "<=%d: %.0f%% ", le, 100 * (d[k] - prev) / n; prev = d[k] }
+    }
+    print ""
+  }' "$WORK/d-batches.before" "$WORK/d-batches.after"
 
 E=$WORK/e-morning-peak.json
 read -r e_asked e_achieved e_p50 e_p99 e_p999 e_max e_errors e_mism e_unv e_ok < <(jq -r '[.asked_rate,

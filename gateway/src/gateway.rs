@@ -7,6 +7,8 @@
 //!   `ArcSwap`, revocations behind another), the store, readiness, logging
 //!   a record and waiting for it to be durable;
 //! - [`scan`]: scans, check-ins and holder status (the request side);
+//! - [`verifier`]: the verifier stage, which checks the signatures of scans
+//!   that arrive together in one batch;
 //! - [`authority`]: the authority's signed batches and configuration reload;
 //! - [`effect`]: how a logged effect changes a holder, one function for the
 //!   live path and for replay;
@@ -24,6 +26,7 @@ pub mod lifecycle;
 pub mod replica;
 pub mod scan;
 pub mod shadow;
+pub mod verifier;
 
 pub use authority::FeedOrder;
 pub use lifecycle::{PersistError, RecoveryReport};
@@ -34,7 +37,7 @@ use crate::durability::indexer::Indexer;
 use crate::durability::wal::record::Event;
 use crate::durability::wal::{Ticket, Wal, WalError};
 use crate::operations::auth::ApiKeys;
-use crate::operations::config::{Config, LogSettings};
+use crate::operations::config::{Config, LogSettings, VerifySettings};
 use crate::operations::metrics::Metrics;
 use crate::operations::tls::Certificates;
 use crate::policy::Policy;
@@ -149,6 +152,15 @@ pub struct Gateway {
     replica: OnceLock<Arc<dyn replica::Replica>>,
     /// The last durable LSN, moved by the log writer after each batch.
     durable_tx: tokio::sync::watch::Sender<u64>,
+    /// The verifier stage's settings (read at start; a reload keeps them).
+    verify_settings: VerifySettings,
+    /// The verifier stage, started by the first scan that needs it (a
+    /// gateway built only to recover or inspect state starts no threads);
+    /// `None` inside when verification is inline (`verify.threads = 0`).
+    verifier: OnceLock<Option<verifier::Verifier>>,
+    /// Seed of the batch equation's coefficients for in-process batches
+    /// (`scan_many_nowait`); secret and random, like the filter's.
+    batch_seed: [u8; 32],
 }
 
 impl Gateway {
@@ -179,6 +191,9 @@ impl Gateway {
             clustered: config.cluster.is_some(),
             replica: OnceLock::new(),
             durable_tx: tokio::sync::watch::Sender::new(0),
+            verify_settings: config.verify,
+            verifier: OnceLock::new(),
+            batch_seed: rand::random(),
         })
     }
 

@@ -11,7 +11,7 @@
 //! - [`serving`]: HTTP: listeners, routing, API keys, the server's run loop.
 //! - [`durability`]: the write-ahead log, the state file, the tracing index, recovery and housekeeping.
 //! - [`operations`]: configuration, metrics, key files, the demo, the CLI's HTTP client.
-//! - re-exported from `healthgate-core`: [`token`], [`trust`], [`keyfile`], [`verify`], [`policy`],
+//! - re-exported from `healthgate-core`: [`token`], [`trust`], [`keyfile`], [`signature`], [`verify`], [`policy`],
 //!   [`state`], [`feed`], [`revocation`], [`codec`], [`population`], [`clock`], [`color`], [`holder`].
 
 pub mod cluster;
@@ -22,6 +22,6 @@ pub mod serving;
 pub mod store;
 
 pub use healthgate_core::{
-    clock, codec, color, feed, holder, keyfile, policy, population, revocation, state, token, trust, verify,
+    clock, codec, color, feed, holder, keyfile, policy, population, revocation, signature, state, token, trust, verify,
 };
 pub use healthgate_core::{Clock, Color, HolderId, ManualClock, SystemClock, UnixSecs};

@@ -657,7 +657,7 @@ mod tests {
     #[test]
     fn expectations_follow_the_rules() {
         let w = world();
-        let trust = TrustList::single("t", w.issuer.0, w.issuer.1.verifying_key(), 0, u64::from(u32::MAX));
+        let trust = TrustList::single("t", w.issuer.0, (&w.issuer.1).into(), 0, u64::from(u32::MAX));
         let pop = w.population;
         // Every case equally often, so that a few hundred scans cover them
         // all: verification in a debug build takes milliseconds.

@@ -3,6 +3,7 @@
 
 mod architecture;
 mod authority;
+mod batch;
 mod cli;
 mod cluster;
 mod cluster_faults;

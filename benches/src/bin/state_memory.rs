@@ -1,5 +1,7 @@
 //! Bytes per holder in the colour store: loads N synthetic holders (default
-//! 10 M) and reports the growth of the resident set divided by N.
+//! 10 M) and reports the growth of the resident set divided by N, then the
+//! mean time of a lookup of a random holder (1 M lookups spread over the
+//! whole population, so that they miss the caches as a province's scans do).
 //!
 //! `cargo run --release -p healthgate-benches --bin state_memory -- 10000000`
 
@@ -32,4 +34,12 @@ fn main() {
         started.elapsed()
     );
     assert_eq!(store.len() as u64, n);
+
+    const LOOKUPS: u64 = 1_000_000;
+    let probes: Vec<_> = (0..LOOKUPS).map(|k| pop.holder(healthgate::population::mix64(k) % n)).collect();
+    let started = std::time::Instant::now();
+    let found = probes.iter().filter(|h| store.read(std::hint::black_box(h), 2, |v| v.is_some())).count();
+    let elapsed = started.elapsed();
+    assert_eq!(found as u64, LOOKUPS);
+    println!("{LOOKUPS} random lookups: {:.0} ns each on average", elapsed.as_nanos() as f64 / LOOKUPS as f64);
 }

@@ -8,6 +8,7 @@
 //! same format. Reading and writing the files (mode 0600 for secrets) is the
 //! server's business; this module only encodes and parses.
 
+use crate::signature::StrictKey;
 use crate::token::{KeyId, ParseKeyIdError};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -85,16 +86,16 @@ pub fn parse_public(bytes: &[u8]) -> Result<(KeyId, VerifyingKey), KeyFileError>
     Ok((kid, parse_public_hex(&f.public_key).map_err(KeyFileError::Key)?))
 }
 
-/// Parses a 64-hex-digit Ed25519 public key and refuses weak (small-order)
-/// keys, which would accept signatures on messages nobody signed.
+/// Parses a 64-hex-digit Ed25519 public key and refuses what
+/// [`StrictKey`] refuses: weak (small-order) keys, which would accept
+/// signatures on messages nobody signed, non-canonical encodings and keys
+/// with a small-order component, which no honest key generation makes and
+/// on which one-by-one and batch verification could disagree.
 pub fn parse_public_hex(s: &str) -> Result<VerifyingKey, String> {
     let mut b = [0u8; 32];
     hex::decode_to_slice(s, &mut b).map_err(|_| "public_key must be 64 hex digits".to_owned())?;
-    let key = VerifyingKey::from_bytes(&b).map_err(|_| "public_key is not a valid Ed25519 point".to_owned())?;
-    if key.is_weak() {
-        return Err("public_key is a weak (small-order) key".into());
-    }
-    Ok(key)
+    let key = StrictKey::from_bytes(&b).map_err(|e| format!("public_key {e}"))?;
+    Ok(*key.verifying_key())
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! - [`token`]: token format v1 (docs/TOKEN.md): strict decode, sign, signature and time checks.
 //! - [`trust`]: the trust list of issuers and their keys, parsed from text.
 //! - [`keyfile`]: the key-file format (docs/KEYS.md), as bytes in and out.
-//! - [`verify`]: the one verification path: decoded token → `VerifiedToken` or a `Reason`.
+//! - [`signature`]: Ed25519 checks under one rule set, one by one and in batches (identical verdicts).
+//! - [`verify`]: the one verification path: decoded token(s) → `VerifiedToken` or a `Reason`, one or a batch.
 //! - [`policy`]: the rules as one pure function, `decide`, over a `VerifiedToken`.
 //! - [`state`]: per-holder state as data (compact state, timed steps, effective colour).
 //! - [`merge`]: how replicas merge a holder's effects in any order (docs/CLUSTER.md).
@@ -29,6 +30,7 @@ pub mod merge;
 pub mod policy;
 pub mod population;
 pub mod revocation;
+pub mod signature;
 pub mod state;
 pub mod token;
 pub mod trust;

@@ -3,9 +3,11 @@
 //! Layout, encoding and signing input are specified in `docs/TOKEN.md`; this
 //! module is that document in code. It does no I/O, takes no locks and does
 //! not allocate while decoding: [`RawToken::decode`] parses the QR text into a
-//! fixed-size value, [`RawToken::verify`] checks key, signature and validity
-//! against a [`TrustList`] and a clock reading, and only it produces a
-//! [`VerifiedToken`], the one type the decision rules accept.
+//! fixed-size value; [`RawToken::check_signature`] and
+//! [`RawToken::check_time`] are the token's parts of verification, which
+//! `verify::verify` (one token) and `verify::verify_many` (a batch) put in
+//! order; only those produce a [`VerifiedToken`], the one type the decision
+//! rules accept.
 
 mod base45;
 
@@ -14,7 +16,8 @@ pub use base45::Base45Error;
 use crate::clock::UnixSecs;
 use crate::color::Color;
 use crate::holder::HolderId;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use crate::signature::{self, StrictKey};
+use ed25519_dalek::{Signature, Signer, SigningKey};
 use std::fmt;
 use std::str::FromStr;
 use thiserror::Error;
@@ -24,7 +27,7 @@ pub const PREFIX: &str = "HG1:";
 pub const VERSION: u8 = 1;
 /// Bytes of the signed part: version, kid, holder, times, colour, serial.
 pub const PAYLOAD_LEN: usize = 38;
-pub const SIGNATURE_LEN: usize = 64;
+pub const SIGNATURE_LEN: usize = signature::SIGNATURE_LEN;
 pub const TOKEN_LEN: usize = PAYLOAD_LEN + SIGNATURE_LEN;
 /// Length of every v1 QR text: the prefix plus 153 base45 characters.
 pub const TEXT_LEN: usize = PREFIX.len() + TOKEN_LEN / 2 * 3;
@@ -278,10 +281,28 @@ impl RawToken {
         Signature::from_bytes(&self.signature)
     }
 
-    /// Checks the signature with strict Ed25519 semantics: non-canonical
-    /// `S`, non-canonical or small-order `R` and small-order keys fail.
-    pub fn check_signature(&self, key: &VerifyingKey) -> Result<(), VerifyError> {
-        key.verify_strict(&self.signing_input(), &self.signature()).map_err(|_| VerifyError::BadSignature)
+    /// The same token with another signature (tests of this crate craft
+    /// signatures no signer would make).
+    #[cfg(test)]
+    pub(crate) fn with_signature(&self, signature: [u8; SIGNATURE_LEN]) -> RawToken {
+        RawToken { signature, ..*self }
+    }
+
+    /// The signature's 64 bytes, as signed.
+    pub fn signature_bytes(&self) -> &[u8; SIGNATURE_LEN] {
+        &self.signature
+    }
+
+    /// Checks the signature under the rules of [`crate::signature`]
+    /// (canonical `S` and `R`, `R` not of small order, the key checked at
+    /// load, the cofactored equation): the same verdict as
+    /// [`crate::signature::check_many`] gives this token in a batch.
+    pub fn check_signature(&self, key: &StrictKey) -> Result<(), VerifyError> {
+        if signature::check_one(key, &self.signing_input(), &self.signature) {
+            Ok(())
+        } else {
+            Err(VerifyError::BadSignature)
+        }
     }
 
     /// Checks the validity window with a clock-skew budget. Valid when
@@ -296,19 +317,6 @@ impl RawToken {
         }
         Ok(())
     }
-}
-
-/// Verifies many signatures at once (about half the cost per signature of
-/// one at a time). All-or-nothing: on failure the caller falls back to
-/// [`RawToken::check_signature`] one by one to find the bad ones. Batch
-/// verification is not strict about small-order components, so a caller
-/// that wants strict semantics re-checks keys with `is_weak` when loading
-/// them (the trust list does).
-pub fn verify_batch(tokens: &[RawToken], keys: &[VerifyingKey]) -> Result<(), VerifyError> {
-    let msgs: Vec<_> = tokens.iter().map(RawToken::signing_input).collect();
-    let msg_refs: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
-    let sigs: Vec<Signature> = tokens.iter().map(RawToken::signature).collect();
-    ed25519_dalek::verify_batch(&msg_refs, &sigs, keys).map_err(|_| VerifyError::BadSignature)
 }
 
 #[cfg(test)]
@@ -333,7 +341,7 @@ mod tests {
     }
 
     fn trust(kid: &str, k: &SigningKey) -> TrustList {
-        TrustList::single("test", kid.parse().unwrap(), k.verifying_key(), 0, u64::from(u32::MAX))
+        TrustList::single("test", kid.parse().unwrap(), StrictKey::from(k), 0, u64::from(u32::MAX))
     }
 
     /// Through the one verification path, offline (no region, no revocations).
@@ -416,7 +424,7 @@ mod tests {
         let other = RawToken::decode(&c.sign(&k).unwrap()).unwrap();
         // Graft the green token's signature onto the red payload.
         let forged = RawToken { signature: good.signature, ..other };
-        assert_eq!(forged.check_signature(&k.verifying_key()), Err(VerifyError::BadSignature));
+        assert_eq!(forged.check_signature(&StrictKey::from(&k)), Err(VerifyError::BadSignature));
     }
 
     #[test]
@@ -481,19 +489,7 @@ mod tests {
             carry = s >> 8;
         }
         let bad = RawToken { signature: sig, ..raw };
-        assert_eq!(bad.check_signature(&k.verifying_key()), Err(VerifyError::BadSignature));
-    }
-
-    #[test]
-    fn batch_verification_agrees() {
-        let k = key(3);
-        let toks: Vec<_> =
-            (0..8).map(|i| RawToken::decode(&Claims { serial: i, ..claims() }.sign(&k).unwrap()).unwrap()).collect();
-        let keys = vec![k.verifying_key(); 8];
-        assert!(verify_batch(&toks, &keys).is_ok());
-        let mut bad = toks.clone();
-        bad[3] = RawToken { signature: toks[4].signature, ..toks[3] };
-        assert!(verify_batch(&bad, &keys).is_err());
+        assert_eq!(bad.check_signature(&StrictKey::from(&k)), Err(VerifyError::BadSignature));
     }
 
     fn arb_claims() -> impl Strategy<Value = Claims> {
@@ -538,7 +534,7 @@ mod tests {
             let mut t2 = PREFIX.to_owned();
             base45::encode_into(&bytes, &mut t2);
             if let Ok(raw) = RawToken::decode(&t2) {
-                prop_assert!(raw.check_signature(&k.verifying_key()).is_err());
+                prop_assert!(raw.check_signature(&StrictKey::from(&k)).is_err());
             }
         }
     }

@@ -13,6 +13,7 @@
 //! no I/O.
 
 use crate::clock::{serde_rfc3339, UnixSecs};
+use crate::signature::StrictKey;
 use crate::token::KeyId;
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
@@ -69,7 +70,8 @@ pub struct TrustedKey {
     pub kid: KeyId,
     /// Index into [`TrustList::issuers`]; bit `issuer` of a region's mask.
     pub issuer: usize,
-    pub key: VerifyingKey,
+    /// Checked at load: canonical, of prime order (see [`StrictKey`]).
+    pub key: StrictKey,
     pub not_before: UnixSecs,
     pub not_after: UnixSecs,
 }
@@ -83,7 +85,7 @@ pub struct TrustList {
 
 impl TrustList {
     /// A list with one issuer and one key (tests and the demo use it).
-    pub fn single(issuer: &str, kid: KeyId, key: VerifyingKey, not_before: UnixSecs, not_after: UnixSecs) -> Self {
+    pub fn single(issuer: &str, kid: KeyId, key: StrictKey, not_before: UnixSecs, not_after: UnixSecs) -> Self {
         TrustList {
             issuers: vec![Issuer { id: issuer.to_owned(), name: issuer.to_owned() }],
             keys: vec![TrustedKey { kid, issuer: 0, key, not_before, not_after }],
@@ -126,6 +128,7 @@ impl TrustList {
                     _ => Err("give exactly one of public_key and public_key_file".into()),
                 }
                 .map_err(|e| bad(format!("{at}: {e}")))?;
+                let key = StrictKey::try_from(key).map_err(|e| bad(format!("{at}: public key {e}")))?;
                 if rk.not_before >= rk.not_after {
                     return Err(bad(format!("{at}: not_before must be before not_after")));
                 }

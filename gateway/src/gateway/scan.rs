@@ -1,23 +1,34 @@
 //! The request side of the gateway: scans, daily check-ins and holder
 //! status. Each request loads the live configuration once (the caller
 //! passes it in), verifies the code through the one verification path
-//! ([`crate::verify::verify`]), then decides and applies under the holder's
-//! entry lock.
+//! ([`crate::verify::verify`], or [`crate::verify::verify_many`] for the
+//! scans the verifier stage batches), then decides and applies under the
+//! holder's entry lock.
+//!
+//! A scan is three steps: [`Gateway::admit`] (checks before verification,
+//! decoding), verification (alone, in-process batched, or by the verifier
+//! stage), and [`Gateway::conclude`] (refuse, or decide, log and apply under
+//! the entry lock). The three entries, `scan`, `scan_nowait` and
+//! `scan_many_nowait`, differ only in the middle step.
 
 use super::effect::settle;
 use super::shadow::shadow;
+use super::verifier::{Answer, Job, Verifier};
 use super::{Gateway, LiveConfig};
 use crate::clock::UnixSecs;
 use crate::color::Color;
 use crate::durability::wal::record::{Event, ScanRecord};
 use crate::durability::wal::{Mode, Ticket, WalError};
 use crate::holder::HolderId;
+use crate::policy::Place;
 use crate::policy::{self, Decision, Direction, Reason, ScanInput, Shown};
 use crate::state::{Effect, Passback, Step};
 use crate::store::Update;
 use crate::token::RawToken;
-use crate::verify::verify;
+use crate::verify::{self, verify};
 use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// A scan request as the HTTP layer parsed it.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +115,20 @@ pub enum CheckinError {
     Unavailable(WalError),
 }
 
+/// The log record of a scan's decision.
+fn scan_record(req: &ScanRequest<'_>, holder: Option<HolderId>, serial: u64, d: &Decision, effect: Effect) -> Event {
+    Event::Scan(ScanRecord {
+        holder,
+        serial,
+        checkpoint: req.checkpoint.to_owned(),
+        direction: req.direction,
+        temperature_c: req.temperature_c.map(|t| t as f32),
+        pass: d.pass,
+        reason: d.reason,
+        effect,
+    })
+}
+
 /// What the scan path's critical section ends with.
 enum Locked {
     Done(Decision, Option<Ticket>),
@@ -112,26 +137,104 @@ enum Locked {
     Failed(WalError),
 }
 
+/// A scan past its checks with its code decoded: what verification and
+/// the decision need.
+struct Admitted<'l> {
+    place: Place<'l>,
+    now: UnixSecs,
+    raw: RawToken,
+}
+
+/// What the checks before verification end with.
+enum Admission<'l> {
+    Verify(Admitted<'l>),
+    /// Refused before verification (the code does not decode) and logged.
+    Refused(ScanOutcome, Option<Ticket>),
+}
+
 impl Gateway {
     /// Decides one scan, applies its effect and answers once the decision
     /// is durable (strict mode) or at once (async mode). `live` is the
     /// configuration the caller loaded for this request (and checked the
-    /// caller's key against).
-    pub async fn scan(&self, live: &LiveConfig, req: &ScanRequest<'_>) -> Result<ScanOutcome, ScanError> {
-        let (outcome, ticket) = self.scan_nowait(live, req)?;
+    /// caller's key against). The signature is checked by the verifier
+    /// stage, in a batch with the scans that arrived at the same time.
+    pub async fn scan(&self, live: &Arc<LiveConfig>, req: &ScanRequest<'_>) -> Result<ScanOutcome, ScanError> {
+        let (outcome, ticket) = match self.admit(live, req)? {
+            Admission::Refused(outcome, ticket) => (outcome, ticket),
+            Admission::Verify(a) => {
+                let verified = self.verify_staged(live, &a).await;
+                self.conclude(live, req, &a, verified)?
+            }
+        };
         if self.wal.get().is_some_and(|w| w.mode() == Mode::Strict) {
             Self::wait_durable(ticket).await.map_err(ScanError::Unavailable)?;
         }
         Ok(outcome)
     }
 
-    /// The synchronous part of [`Gateway::scan`]: decide, apply, log. The
-    /// ticket resolves when the registration is durable.
+    /// The synchronous scan, verified on the caller's thread, alone: decide,
+    /// apply, log. The ticket resolves when the registration is durable.
     pub fn scan_nowait(
         &self,
         live: &LiveConfig,
         req: &ScanRequest<'_>,
     ) -> Result<(ScanOutcome, Option<Ticket>), ScanError> {
+        match self.admit(live, req)? {
+            Admission::Refused(outcome, ticket) => Ok((outcome, ticket)),
+            Admission::Verify(a) => {
+                let verified = self.verify_alone(live, &a);
+                self.conclude(live, req, &a, verified)
+            }
+        }
+    }
+
+    /// Many synchronous scans on the caller's thread, their signatures
+    /// checked in one batch (`verify::verify_many`), then decided one after
+    /// the other in order: the in-process form of what the verifier stage
+    /// does, for benchmarks and instruction counts. Element `i` answers
+    /// `reqs[i]` as [`Gateway::scan_nowait`] would.
+    pub fn scan_many_nowait(
+        &self,
+        live: &LiveConfig,
+        reqs: &[ScanRequest<'_>],
+    ) -> Vec<Result<(ScanOutcome, Option<Ticket>), ScanError>> {
+        let admitted: Vec<_> = reqs.iter().map(|r| self.admit(live, r)).collect();
+        let revocations = self.revocations.load();
+        let requests: Vec<verify::Request<'_>> = admitted
+            .iter()
+            .filter_map(|a| match a {
+                Ok(Admission::Verify(a)) => Some(verify::Request {
+                    raw: &a.raw,
+                    trust: live.trust(),
+                    region: Some(a.place.region),
+                    revocations: Some(&revocations),
+                    now: a.now,
+                }),
+                _ => None,
+            })
+            .collect();
+        let verified: Vec<Answer> = verify::verify_many(&requests, &self.batch_seed)
+            .into_iter()
+            .map(|v| v.map(|v| (v.token, v.filter_false_positive)))
+            .collect();
+        drop(requests);
+        let mut verified = verified.into_iter();
+        reqs.iter()
+            .zip(admitted)
+            .map(|(req, a)| match a? {
+                Admission::Refused(outcome, ticket) => Ok((outcome, ticket)),
+                Admission::Verify(a) => {
+                    let v = verified.next().expect("one answer per admitted scan");
+                    self.conclude(live, req, &a, v)
+                }
+            })
+            .collect()
+    }
+
+    /// The checks before verification: ready, log healthy, checkpoint and
+    /// temperature valid, the code decodes (a code that does not is
+    /// refused and logged here).
+    fn admit<'l>(&self, live: &'l LiveConfig, req: &ScanRequest<'_>) -> Result<Admission<'l>, ScanError> {
         if !self.loaded.load(std::sync::atomic::Ordering::Acquire) {
             return Err(ScanError::NotReady);
         }
@@ -145,38 +248,96 @@ impl Gateway {
             _ => {}
         }
         let now = self.clock.now();
-        let record = |holder: Option<HolderId>, serial: u64, d: &Decision, effect: Effect| {
-            Event::Scan(ScanRecord {
-                holder,
-                serial,
-                checkpoint: req.checkpoint.to_owned(),
-                direction: req.direction,
-                temperature_c: req.temperature_c.map(|t| t as f32),
-                pass: d.pass,
-                reason: d.reason,
-                effect,
-            })
-        };
-        // A code refused before the holder is read changes no state: log
-        // the refusal and go.
-        let refuse = |holder: Option<HolderId>, serial: u64, reason: Reason| {
-            let d = Decision::deny(Shown::Unknown, reason);
-            let ticket =
-                self.log(now, || record(holder, serial, &d, Effect::default())).map_err(ScanError::Unavailable)?;
-            Ok((ScanOutcome { decision: d, holder, epoch: self.store.epoch() }, ticket))
-        };
-        let Ok(raw) = RawToken::decode(req.code) else { return refuse(None, 0, Reason::Malformed) };
-        let (holder, serial) = (raw.claims.holder, raw.claims.serial);
+        match RawToken::decode(req.code) {
+            Ok(raw) => Ok(Admission::Verify(Admitted { place, now, raw })),
+            Err(_) => {
+                let (outcome, ticket) = self.refuse(req, now, None, 0, Reason::Malformed)?;
+                Ok(Admission::Refused(outcome, ticket))
+            }
+        }
+    }
+
+    /// Verifies one admitted scan on this thread.
+    fn verify_alone(&self, live: &LiveConfig, a: &Admitted<'_>) -> Answer {
         let revocations = self.revocations.load();
-        let token = match verify(&raw, live.trust(), Some(place.region), Some(&revocations), now) {
-            Ok(v) => {
-                if v.filter_false_positive {
+        verify(&a.raw, live.trust(), Some(a.place.region), Some(&revocations), a.now)
+            .map(|v| (v.token, v.filter_false_positive))
+    }
+
+    /// Verifies one admitted scan through the verifier stage, or on this
+    /// thread when the stage is off or closed.
+    async fn verify_staged(&self, live: &Arc<LiveConfig>, a: &Admitted<'_>) -> Answer {
+        let Some(stage) = self.verifier() else { return self.verify_alone(live, a) };
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            raw: a.raw,
+            live: live.clone(),
+            region: a.place.checkpoint.region,
+            revocations: self.revocations.load_full(),
+            now: a.now,
+            reply,
+        };
+        if !stage.submit(job) {
+            return self.verify_alone(live, a);
+        }
+        match answer.await {
+            Ok(answer) => answer,
+            // The stage stopped under us (shutdown): verify here.
+            Err(_) => self.verify_alone(live, a),
+        }
+    }
+
+    fn verifier(&self) -> Option<&Verifier> {
+        self.verifier
+            .get_or_init(|| {
+                let s = self.verify_settings;
+                if s.threads == 0 {
+                    return None;
+                }
+                Verifier::start(s.threads, s.max_batch, self.metrics.verify_batch_size.clone())
+                    .inspect_err(|e| tracing::warn!(error = %e, "verifier threads did not start; verifying inline"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Logs a code refused before the holder is read (it changes no state).
+    fn refuse(
+        &self,
+        req: &ScanRequest<'_>,
+        now: UnixSecs,
+        holder: Option<HolderId>,
+        serial: u64,
+        reason: Reason,
+    ) -> Result<(ScanOutcome, Option<Ticket>), ScanError> {
+        let d = Decision::deny(Shown::Unknown, reason);
+        let ticket = self
+            .log(now, || scan_record(req, holder, serial, &d, Effect::default()))
+            .map_err(ScanError::Unavailable)?;
+        Ok((ScanOutcome { decision: d, holder, epoch: self.store.epoch() }, ticket))
+    }
+
+    /// After verification: refuse a code that failed it, or decide under
+    /// the holder's entry lock, log, and apply.
+    fn conclude(
+        &self,
+        live: &LiveConfig,
+        req: &ScanRequest<'_>,
+        a: &Admitted<'_>,
+        verified: Answer,
+    ) -> Result<(ScanOutcome, Option<Ticket>), ScanError> {
+        let (place, now) = (a.place, a.now);
+        let (holder, serial) = (a.raw.claims.holder, a.raw.claims.serial);
+        let token = match verified {
+            Ok((token, filter_false_positive)) => {
+                if filter_false_positive {
                     self.metrics.revocation_false_positives.inc();
                 }
-                v.token
+                token
             }
-            Err(e) => return refuse(Some(holder), serial, e.reason()),
+            Err(e) => return self.refuse(req, now, Some(holder), serial, e.reason()),
         };
+        let record = |d: &Decision, effect: Effect| scan_record(req, Some(holder), serial, d, effect);
         let input = ScanInput { direction: req.direction, temperature_c: req.temperature_c };
         let mut color_guard = None;
         loop {
@@ -187,7 +348,7 @@ impl Gateway {
                     if let Some(candidate) = &live.candidate {
                         shadow(&self.shadow, candidate, &token, req.checkpoint, None, input, now, &d);
                     }
-                    return match self.log(now, || record(Some(holder), serial, &d, Effect::default())) {
+                    return match self.log(now, || record(&d, Effect::default())) {
                         Ok(t) => Update::Commit(Locked::Done(d, t), None),
                         Err(e) => Update::Abort(Locked::Failed(e)),
                     };
@@ -201,7 +362,7 @@ impl Gateway {
                 }
                 // Log first, under the holder's lock: if the log refuses,
                 // nothing changes.
-                let ticket = match self.log(now, || record(Some(holder), serial, &d, effect.clone())) {
+                let ticket = match self.log(now, || record(&d, effect.clone())) {
                     Ok(t) => t,
                     Err(e) => return Update::Abort(Locked::Failed(e)),
                 };

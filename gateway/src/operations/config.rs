@@ -56,6 +56,10 @@ pub mod defaults {
     /// Contact tracing needs 14 to 28 days of registrations.
     pub const RETENTION_DAYS: u64 = 28;
     pub const SNAPSHOT_INTERVAL_S: u64 = 300;
+    /// Most codes the verifier stage checks in one batch: past a few dozen
+    /// the batch equation saves little more per code, and a batch with a
+    /// forged code costs more to bisect the larger it is.
+    pub const VERIFY_MAX_BATCH: usize = 64;
     pub const PURGE_INTERVAL_S: u64 = 600;
 }
 
@@ -92,6 +96,9 @@ pub struct RawConfig {
     pub log: RawLog,
     /// Replicas sharing state through NATS JetStream (docs/CLUSTER.md).
     pub cluster: Option<crate::operations::cluster_settings::RawCluster>,
+    /// The verifier stage (batch signature verification).
+    #[serde(default)]
+    pub verify: RawVerify,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +110,32 @@ pub struct RawTls {
     pub key: PathBuf,
     /// Which listeners speak HTTPS: `public`, `admin` (default both).
     pub listeners: Option<Vec<String>>,
+}
+
+/// The verifier stage (`gateway::verifier`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    /// Verifier threads; default one per CPU; 0 verifies each scan on its
+    /// own request worker, one at a time.
+    pub threads: Option<usize>,
+    pub max_batch: Option<usize>,
+}
+
+/// Validated verifier-stage settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifySettings {
+    pub threads: usize,
+    pub max_batch: usize,
+}
+
+impl Default for VerifySettings {
+    fn default() -> Self {
+        VerifySettings {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_batch: defaults::VERIFY_MAX_BATCH,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,6 +282,7 @@ pub struct Config {
     pub log: Option<LogSettings>,
     /// `None`: a single gateway.
     pub cluster: Option<crate::operations::cluster_settings::ClusterSettings>,
+    pub verify: VerifySettings,
 }
 
 impl Config {
@@ -438,10 +472,22 @@ impl Config {
                     .map_err(|(field, why)| invalid(field, why))?,
             ),
         };
+        let v = raw.verify;
+        let verify = VerifySettings {
+            threads: v.threads.unwrap_or(VerifySettings::default().threads),
+            max_batch: v.max_batch.unwrap_or(defaults::VERIFY_MAX_BATCH),
+        };
+        if verify.threads > 256 {
+            return Err(invalid("verify.threads", "must be at most 256".into()));
+        }
+        if !(1..=4096).contains(&verify.max_batch) {
+            return Err(invalid("verify.max_batch", "must be between 1 and 4096".into()));
+        }
 
         Ok(Config {
             cluster,
             log,
+            verify,
             path: path.to_owned(),
             server,
             trust_path,

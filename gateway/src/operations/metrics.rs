@@ -67,6 +67,9 @@ pub struct Metrics {
     pub index_rebuilds: IntCounter,
     /// 1 when the last reload was applied, 0 when it was refused.
     pub reload_ok: IntGauge,
+    /// Codes per signature batch of the verifier stage (1: a scan that
+    /// found the verifier idle and went alone).
+    pub verify_batch_size: Histogram,
 }
 
 /// 10 µs to 100 ms in 1-2-5 steps: a scan is microseconds when healthy and
@@ -218,8 +221,16 @@ impl Metrics {
         for result in ["ok", "failed"] {
             snapshots.with_label_values(&[result]);
         }
+        let verify_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "healthgate_verify_batch_size",
+                "Codes whose signatures the verifier stage checked together in one batch.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )?;
         for c in [
-            Box::new(scans_vec) as Box<dyn prometheus::core::Collector>,
+            Box::new(verify_batch_size.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(scans_vec),
             Box::new(scan_seconds.clone()),
             Box::new(holders.clone()),
             Box::new(epoch.clone()),
@@ -283,6 +294,7 @@ impl Metrics {
             index_failed,
             index_rebuilds,
             reload_ok,
+            verify_batch_size,
         })
     }
 
