@@ -11,6 +11,7 @@ mod errors;
 mod formats;
 mod inspect;
 mod killloop;
+mod manners;
 mod metrics;
 mod monitoring;
 mod package;

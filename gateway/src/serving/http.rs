@@ -16,7 +16,7 @@ use crate::operations::config::ServerSettings;
 use crate::operations::metrics::Listener;
 use crate::policy::Direction;
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -198,10 +199,35 @@ where
     }
 }
 
-async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<Incoming>) -> Response<Body> {
+/// Set by [`read_body`] once a request's body has been read to its end.
+///
+/// Put in the request's extensions only when the request has a body. An
+/// answer given while a body is still unread (refused before reading it,
+/// over the limit, too slow) is the last on its connection: hyper will not
+/// read on past a body nobody consumed, so the answer says
+/// `Connection: close` and the client knows not to send its next request
+/// there.
+#[derive(Clone)]
+struct BodyRead(Arc<AtomicBool>);
+
+async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, mut req: Request<Incoming>) -> Response<Body> {
+    let body_read = (!hyper::body::Body::is_end_stream(req.body())).then(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        req.extensions_mut().insert(BodyRead(flag.clone()));
+        flag
+    });
+    let mut response = dispatch(gw, which, s, req).await;
+    if body_read.is_some_and(|f| !f.load(Ordering::Acquire)) {
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn dispatch(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<Incoming>) -> Response<Body> {
     let result = match (which, req.method(), req.uri().path()) {
-        (_, &Method::GET, "/healthz") => Ok(ok_json(&serde_json::json!({ "status": "alive" }))),
-        (_, &Method::GET, "/readyz") => Ok(readyz(gw)),
+        // HEAD is GET without the body (hyper leaves the body out).
+        (_, &Method::GET | &Method::HEAD, "/healthz") => Ok(ok_json(&serde_json::json!({ "status": "alive" }))),
+        (_, &Method::GET | &Method::HEAD, "/readyz") => Ok(readyz(gw)),
         (Listener::Public, &Method::POST, "/v1/scan") => scan(gw, s, req).await,
         (Listener::Public, &Method::GET, p) if p.starts_with("/v1/holders/") => holder(gw, &req),
         (Listener::Public, &Method::POST, "/v1/checkins") => checkin(gw, s, req).await,
@@ -279,7 +305,7 @@ fn authorize(gw: &Gateway, req: &Request<Incoming>, allowed: &[Role]) -> Result<
     let key = req
         .headers()
         .get(AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| bearer_token(v.as_bytes()))
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"))?;
     let live = gw.live();
     let role = live.keys.role_of(key).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown key"))?;
@@ -290,8 +316,29 @@ fn authorize(gw: &Gateway, req: &Request<Incoming>, allowed: &[Role]) -> Result<
     }
 }
 
+/// The credentials of `Authorization: Bearer <key>`. The scheme is
+/// case-insensitive (RFC 9110 §11.1: `bearer` and `BEARER` are `Bearer`),
+/// and one or more spaces may separate it from the key.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let key = &rest[rest.iter().position(|&b| b != b' ')?..];
+    Some(key)
+}
+
 /// Reads a body of at most `limit` bytes within `deadline`.
 async fn read_body(req: Request<Incoming>, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
+    let read = req.extensions().get::<BodyRead>().cloned();
+    let bytes = read_body_inner(req, limit, deadline).await?;
+    if let Some(BodyRead(flag)) = read {
+        flag.store(true, Ordering::Release);
+    }
+    Ok(bytes)
+}
+
+async fn read_body_inner(req: Request<Incoming>, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes"));
     if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
         if len > limit as u64 {
@@ -606,4 +653,19 @@ async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>)
     let mut r = Response::new(Either::Right(body));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_case_insensitively() {
+        for v in ["Bearer k1", "bearer k1", "BEARER k1", "bEaReR   k1"] {
+            assert_eq!(bearer_token(v.as_bytes()), Some(&b"k1"[..]), "{v}");
+        }
+        for v in ["Basic k1", "Bearerk1", "Bearer", "Bearer ", "", "Bear k1", "Bearers k1"] {
+            assert_eq!(bearer_token(v.as_bytes()), None, "{v}");
+        }
+    }
 }
