@@ -155,6 +155,9 @@ pub struct Summary {
     pub drain_s: f64,
     pub pass: u64,
     pub deny: u64,
+    /// Answers of the schedule's requests by HTTP status (a 503 is an
+    /// answer, not a timeout); they add up to `answered`.
+    pub statuses: BTreeMap<u16, u64>,
     /// Errors of the schedule's requests; `total` includes the cleanup's.
     pub errors: Errors,
     pub max_errors: u64,
@@ -209,6 +212,7 @@ pub struct Recorder {
     cleanup: (Tally, Histogram<u64>),
     mismatches: u64,
     unverifiable: u64,
+    statuses: BTreeMap<u16, u64>,
     shown: Vec<String>,
     show: usize,
     last_done: Duration,
@@ -234,6 +238,7 @@ impl Recorder {
             cleanup: (Tally::default(), histogram()),
             mismatches: 0,
             unverifiable: 0,
+            statuses: BTreeMap::new(),
             shown: vec![],
             show,
             last_done: Duration::ZERO,
@@ -267,6 +272,9 @@ impl Recorder {
                 tally.add(c);
                 self.phases[p].tally.add(c);
                 if answered {
+                    if let Some(s) = c.outcome.status() {
+                        *self.statuses.entry(s).or_default() += 1;
+                    }
                     hist.saturating_record(us);
                     self.overall.saturating_record(us);
                     self.phases[p].hist.saturating_record(us);
@@ -393,6 +401,7 @@ impl Recorder {
             drain_s: (self.last_done.as_secs_f64() - duration).max(0.0),
             pass: count(Outcome::Pass),
             deny: count(Outcome::Deny),
+            statuses: self.statuses,
             errors,
             max_errors,
             mismatches: self.mismatches,
@@ -472,6 +481,10 @@ impl fmt::Display for Summary {
             e.overflow,
             self.max_errors
         )?;
+        if !self.statuses.is_empty() {
+            let by: Vec<String> = self.statuses.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            writeln!(f, "  answers by status: {}", by.join(", "))?;
+        }
         match self.checked {
             true if self.unverifiable > 0 => writeln!(
                 f,
