@@ -307,6 +307,7 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
         }
         Command::Serve { config } => {
             let config = healthgate::operations::config::Config::load(&config).map_err(usage)?;
+            healthgate::operations::limits::fit(&config.server).map_err(usage)?;
             serve(config, None)?;
         }
         Command::Demo { dir, size, seed, public, admin, tls } => {
@@ -314,6 +315,7 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
             let env = healthgate::operations::demo::prepare(&dir, &opts, &public, &admin, SystemClock.now())
                 .with_context(|| format!("preparing {}", dir.display()))?;
             let config = healthgate::operations::config::Config::load(&env.config).map_err(usage)?;
+            healthgate::operations::limits::fit(&config.server).map_err(usage)?;
             serve(config, Some((env, dir)))?;
         }
     }

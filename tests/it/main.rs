@@ -11,6 +11,7 @@ mod errors;
 mod formats;
 mod inspect;
 mod killloop;
+mod limits;
 mod manners;
 mod metrics;
 mod monitoring;

@@ -37,6 +37,9 @@ pub mod defaults {
     pub const PUBLIC_ADDR: &str = "0.0.0.0:8080";
     pub const ADMIN_ADDR: &str = "127.0.0.1:9090";
     pub const MAX_CONNECTIONS: usize = 10_000;
+    /// The admin listener's own cap: the authority, operators and
+    /// Prometheus, a handful of clients.
+    pub const ADMIN_MAX_CONNECTIONS: usize = 256;
     /// hyper's header-read timeout: slowloris protection.
     pub const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
     /// How long a scan or check-in body may take to arrive once the
@@ -161,6 +164,7 @@ pub struct RawServer {
     pub public_addr: Option<String>,
     pub admin_addr: Option<String>,
     pub max_connections: Option<usize>,
+    pub admin_max_connections: Option<usize>,
     pub header_read_timeout_ms: Option<u64>,
     pub body_read_timeout_ms: Option<u64>,
     pub admin_body_read_timeout_ms: Option<u64>,
@@ -213,7 +217,11 @@ pub struct RawCheckpoint {
 pub struct ServerSettings {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The public listener's connection cap.
     pub max_connections: usize,
+    /// The admin listener's own cap, so that a flood on the public side
+    /// never takes its room.
+    pub admin_max_connections: usize,
     pub header_read_timeout: Duration,
     /// Public request bodies (scans, check-ins) must arrive within this.
     pub body_read_timeout: Duration,
@@ -273,6 +281,7 @@ impl Config {
             public_addr: addr("server.public_addr", s.public_addr, defaults::PUBLIC_ADDR)?,
             admin_addr: addr("server.admin_addr", s.admin_addr, defaults::ADMIN_ADDR)?,
             max_connections: s.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+            admin_max_connections: s.admin_max_connections.unwrap_or(defaults::ADMIN_MAX_CONNECTIONS),
             header_read_timeout: Duration::from_millis(
                 s.header_read_timeout_ms.unwrap_or(defaults::HEADER_READ_TIMEOUT_MS),
             ),
@@ -287,6 +296,9 @@ impl Config {
         };
         if server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1".into()));
+        }
+        if server.admin_max_connections == 0 {
+            return Err(invalid("server.admin_max_connections", "must be at least 1".into()));
         }
         if server.header_read_timeout.is_zero() || server.header_read_timeout > Duration::from_secs(5) {
             return Err(invalid("server.header_read_timeout_ms", "must be between 1 and 5000".into()));

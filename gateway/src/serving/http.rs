@@ -116,6 +116,10 @@ fn error_response(gw: &Gateway, e: ApiError) -> Response<Body> {
     r
 }
 
+/// The first wait after a failed accept, doubled on each failure in a row.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
 /// Serves one listener until `shutdown` resolves, then drains. With `tls`,
 /// every connection is a TLS handshake first (bounded by the header-read
 /// timeout), then the same HTTP/1.1.
@@ -127,21 +131,39 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
-    gw.metrics().connection_limit(which).set(i64::try_from(settings.max_connections).unwrap_or(i64::MAX));
+    // Each listener has its own cap: a flood on the public side never
+    // takes the admin listener's room (and `operations::limits` made sure
+    // both caps fit in the open-file limit).
+    let cap = match which {
+        Listener::Public => settings.max_connections,
+        Listener::Admin => settings.admin_max_connections,
+    };
+    let permits = Arc::new(Semaphore::new(cap));
+    gw.metrics().connection_limit(which).set(i64::try_from(cap).unwrap_or(i64::MAX));
     let graceful = GracefulShutdown::new();
     let settings = Arc::new(settings);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(s) => s,
+                Ok(s) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    s
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off a little
-                    // rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    // Out of descriptors (EMFILE, ENFILE), out of memory:
+                    // the pending connection stays queued, and retrying at
+                    // once would spin. Back off, doubling up to a bound, and
+                    // let closing connections free what is missing.
+                    gw.metrics().accept_errors(which).inc();
+                    tracing::warn!(listener = which.as_str(), error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
