@@ -158,6 +158,9 @@ pub struct Summary {
     /// Answers of the schedule's requests by HTTP status (a 503 is an
     /// answer, not a timeout); they add up to `answered`.
     pub statuses: BTreeMap<u16, u64>,
+    /// Their latency by status: under overload the admitted answers (200)
+    /// and the refusals (503) are two different stories.
+    pub status_latency_us: BTreeMap<u16, Latency>,
     /// Errors of the schedule's requests; `total` includes the cleanup's.
     pub errors: Errors,
     pub max_errors: u64,
@@ -212,7 +215,7 @@ pub struct Recorder {
     cleanup: (Tally, Histogram<u64>),
     mismatches: u64,
     unverifiable: u64,
-    statuses: BTreeMap<u16, u64>,
+    statuses: BTreeMap<u16, Histogram<u64>>,
     shown: Vec<String>,
     show: usize,
     last_done: Duration,
@@ -273,7 +276,7 @@ impl Recorder {
                 self.phases[p].tally.add(c);
                 if answered {
                     if let Some(s) = c.outcome.status() {
-                        *self.statuses.entry(s).or_default() += 1;
+                        self.statuses.entry(s).or_insert_with(histogram).saturating_record(us);
                     }
                     hist.saturating_record(us);
                     self.overall.saturating_record(us);
@@ -401,7 +404,8 @@ impl Recorder {
             drain_s: (self.last_done.as_secs_f64() - duration).max(0.0),
             pass: count(Outcome::Pass),
             deny: count(Outcome::Deny),
-            statuses: self.statuses,
+            statuses: self.statuses.iter().map(|(s, h)| (*s, h.len())).collect(),
+            status_latency_us: self.statuses.iter().map(|(s, h)| (*s, Latency::of(h))).collect(),
             errors,
             max_errors,
             mismatches: self.mismatches,
@@ -502,6 +506,13 @@ impl fmt::Display for Summary {
         lat_row(f, "all", "", &self.latency_us)?;
         for (name, l) in &self.outcomes {
             lat_row(f, name, "", l)?;
+        }
+        if self.status_latency_us.len() > 1 {
+            writeln!(f, "by status:")?;
+            lat_header(f, "status", "")?;
+            for (s, l) in &self.status_latency_us {
+                lat_row(f, &s.to_string(), "", l)?;
+            }
         }
         if self.phases.len() > 1 {
             writeln!(f, "by phase:")?;

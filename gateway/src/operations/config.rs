@@ -40,6 +40,17 @@ pub mod defaults {
     /// The admin listener's own cap: the authority, operators and
     /// Prometheus, a handful of clients.
     pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+    /// Admitted requests doing their work at once. About what two cores
+    /// finish within the queueing budget, with room for the log's group
+    /// commit (scans waiting for their fsync hold a slot).
+    pub const MAX_IN_FLIGHT: usize = 64;
+    /// How long a scan may wait to start before it is refused (503
+    /// `overloaded`): a fast "busy" beats a slow answer at a turnstile.
+    /// A debug build (tests, development; `healthgate_build_info` says
+    /// which) is tens of times slower and shares its machine with the test
+    /// threads: its default budget is a second, so that slowness is not
+    /// taken for overload. Gates run release builds.
+    pub const SCAN_QUEUE_BUDGET_MS: u64 = if cfg!(debug_assertions) { 1_000 } else { 5 };
     /// hyper's header-read timeout: slowloris protection.
     pub const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
     /// How long a scan or check-in body may take to arrive once the
@@ -165,6 +176,8 @@ pub struct RawServer {
     pub admin_addr: Option<String>,
     pub max_connections: Option<usize>,
     pub admin_max_connections: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    pub scan_queue_budget_ms: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,
     pub body_read_timeout_ms: Option<u64>,
     pub admin_body_read_timeout_ms: Option<u64>,
@@ -222,6 +235,8 @@ pub struct ServerSettings {
     /// The admin listener's own cap, so that a flood on the public side
     /// never takes its room.
     pub admin_max_connections: usize,
+    /// Priority admission (see `gateway::admission`).
+    pub admission: crate::gateway::admission::AdmissionSettings,
     pub header_read_timeout: Duration,
     /// Public request bodies (scans, check-ins) must arrive within this.
     pub body_read_timeout: Duration,
@@ -282,6 +297,12 @@ impl Config {
             admin_addr: addr("server.admin_addr", s.admin_addr, defaults::ADMIN_ADDR)?,
             max_connections: s.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
             admin_max_connections: s.admin_max_connections.unwrap_or(defaults::ADMIN_MAX_CONNECTIONS),
+            admission: crate::gateway::admission::AdmissionSettings {
+                max_in_flight: s.max_in_flight.unwrap_or(defaults::MAX_IN_FLIGHT),
+                scan_queue_budget: Duration::from_millis(
+                    s.scan_queue_budget_ms.unwrap_or(defaults::SCAN_QUEUE_BUDGET_MS),
+                ),
+            },
             header_read_timeout: Duration::from_millis(
                 s.header_read_timeout_ms.unwrap_or(defaults::HEADER_READ_TIMEOUT_MS),
             ),
@@ -299,6 +320,12 @@ impl Config {
         }
         if server.admin_max_connections == 0 {
             return Err(invalid("server.admin_max_connections", "must be at least 1".into()));
+        }
+        if server.admission.max_in_flight == 0 {
+            return Err(invalid("server.max_in_flight", "must be at least 1".into()));
+        }
+        if server.admission.scan_queue_budget > Duration::from_secs(1) {
+            return Err(invalid("server.scan_queue_budget_ms", "must be between 0 and 1000".into()));
         }
         if server.header_read_timeout.is_zero() || server.header_read_timeout > Duration::from_secs(5) {
             return Err(invalid("server.header_read_timeout_ms", "must be between 1 and 5000".into()));

@@ -9,6 +9,7 @@
 //! closes what is left.
 
 use crate::feed::{FeedError, RevocationBatch, UpdateBatch};
+use crate::gateway::admission::{Class, Refusal, Slot};
 use crate::gateway::{CheckinError, CheckinRequest, Gateway, LiveConfig, ScanError, ScanRequest};
 use crate::holder::HolderId;
 use crate::operations::auth::Role;
@@ -46,11 +47,19 @@ type Body = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: Cow<'static, str>,
+    /// Refused by priority admission: the answer says why and when to retry.
+    pub refusal: Option<Refusal>,
 }
+
+/// How soon a request refused by admission may be sent again, in seconds.
+const RETRY_AFTER_S: &str = "1";
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), refusal: None }
+    }
+    fn refused(r: Refusal) -> Self {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: Cow::Borrowed(r.message()), refusal: Some(r) }
     }
     fn bad_request(m: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, m)
@@ -109,7 +118,14 @@ fn ok_json<T: Serialize>(value: &T) -> Response<Body> {
 
 fn error_response(gw: &Gateway, e: ApiError) -> Response<Body> {
     gw.metrics().rejected_requests.with_label_values(&[e.status.as_str()]).inc();
-    let mut r = json_response(e.status, serde_json::to_vec(&serde_json::json!({ "error": e.message })).expect("json"));
+    let body = match e.refusal {
+        None => serde_json::json!({ "error": e.message }),
+        Some(r) => serde_json::json!({ "error": e.message, "reason": r.as_str() }),
+    };
+    let mut r = json_response(e.status, serde_json::to_vec(&body).expect("json"));
+    if e.refusal.is_some() {
+        r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+    }
     if e.status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
@@ -251,12 +267,14 @@ async fn dispatch(gw: &Gateway, which: Listener, s: &ServerSettings, req: Reques
         (_, &Method::GET | &Method::HEAD, "/healthz") => Ok(ok_json(&serde_json::json!({ "status": "alive" }))),
         (_, &Method::GET | &Method::HEAD, "/readyz") => Ok(readyz(gw)),
         (Listener::Public, &Method::POST, "/v1/scan") => scan(gw, s, req).await,
-        (Listener::Public, &Method::GET, p) if p.starts_with("/v1/holders/") => holder(gw, &req),
+        (Listener::Public, &Method::GET, p) if p.starts_with("/v1/holders/") => holder(gw, &req).await,
         (Listener::Public, &Method::POST, "/v1/checkins") => checkin(gw, s, req).await,
-        (Listener::Public, &Method::GET, "/v1/revocations/filter") => revocation_filter(gw, &req),
-        (Listener::Public, &Method::GET, "/v1/checkpoints") => inspect::checkpoints(gw, &req),
+        (Listener::Public, &Method::GET, "/v1/revocations/filter") => revocation_filter(gw, &req).await,
+        (Listener::Public, &Method::GET, "/v1/checkpoints") => inspect::checkpoints(gw, &req).await,
         (Listener::Public, &Method::POST, "/v1/inspect/decode") => inspect::decode(gw, req).await,
-        (Listener::Public, &Method::GET, p) if p == "/inspect" || p.starts_with("/inspect/") => inspect::page(p),
+        (Listener::Public, &Method::GET, p) if p == "/inspect" || p.starts_with("/inspect/") => {
+            inspect::page(gw, p).await
+        }
         (Listener::Admin, &Method::GET, "/metrics") => Ok(metrics(gw)),
         (Listener::Admin, &Method::POST, "/v1/admin/updates") => updates(gw, s, req).await,
         (Listener::Admin, &Method::POST, "/v1/admin/revocations") => revocations(gw, s, req).await,
@@ -350,6 +368,11 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     Some(key)
 }
 
+/// Takes a slot for a request of `class`, or the 503 that refuses it.
+async fn admit(gw: &Gateway, class: Class) -> Result<Slot, ApiError> {
+    gw.admission().admit(class).await.map_err(ApiError::refused)
+}
+
 /// Reads a body of at most `limit` bytes within `deadline`.
 async fn read_body(req: Request<Incoming>, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
     let read = req.extensions().get::<BodyRead>().cloned();
@@ -416,6 +439,9 @@ async fn scan(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Resul
     let started = Instant::now();
     let live = authorize(gw, &req, &[Role::Turnstile, Role::Inspector])?;
     let bytes = read_body(req, s.max_body_bytes, s.body_read_timeout).await?;
+    // After the body: a slow client never holds a slot, and a refused scan
+    // keeps its connection.
+    let _slot = admit(gw, Class::Scan).await?;
     let body: ScanBody<'_> = parse_json(&bytes, "scan request")?;
     let outcome = gw
         .scan(
@@ -441,8 +467,9 @@ async fn scan(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Resul
     Ok(response)
 }
 
-fn holder(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn holder(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let live = authorize(gw, req, &[Role::Inspector, Role::Authority])?;
+    let _slot = admit(gw, Class::Status).await?;
     let hex = &req.uri().path()["/v1/holders/".len()..];
     let id: HolderId =
         hex.parse().map_err(|e: crate::holder::ParseHolderError| ApiError::bad_request(e.to_string()))?;
@@ -462,6 +489,7 @@ struct CheckinBody {
 /// `POST /v1/checkins`: no device key; the holder's own code authenticates.
 async fn checkin(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let bytes = read_body(req, s.max_body_bytes, s.body_read_timeout).await?;
+    let _slot = admit(gw, Class::Checkin).await?;
     let body: CheckinBody = parse_json(&bytes, "check-in")?;
     let live = arc_swap::Guard::into_inner(gw.live());
     let outcome = gw
@@ -480,8 +508,9 @@ async fn checkin(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Re
 
 /// `GET /v1/revocations/filter`: the Bloom filter for offline apps, with
 /// its version as the ETag.
-fn revocation_filter(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn revocation_filter(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     authorize(gw, req, &Role::ALL)?;
+    let _slot = admit(gw, Class::Export).await?;
     let (version, body) = gw.revocation_export();
     let etag = format!("\"{version}\"");
     let unchanged = req
@@ -597,6 +626,8 @@ async fn cluster_state(gw: &Gateway, req: &Request<Incoming>) -> Result<Response
 /// `GET /v1/admin/holders/{hex}/visits?from=&to=`: JSON lines, streamed.
 async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>) -> Result<Response<Body>, ApiError> {
     authorize(gw, req, &[Role::Authority])?;
+    // Held until the stream ends: the query's work is in the blocking task.
+    let slot = admit(gw, Class::Tracing).await?;
     let from = time_param(req, "from", 0)?;
     let to = time_param(req, "to", u64::MAX)?;
     let checkpoint = match holder {
@@ -624,6 +655,7 @@ async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>)
     let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(8);
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut buf = Vec::with_capacity(64 << 10);
         let mut open = true;
         let mut emit = |v: crate::durability::visits::Visit| {
