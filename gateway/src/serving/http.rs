@@ -709,6 +709,23 @@ async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>)
     Ok(r)
 }
 
+/// The request-body parsers, for the fuzz targets (`gateway/fuzz`): the
+/// body types stay private to this module.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{parse_json, CheckinBody, ScanBody};
+
+    /// Parses a scan body as `POST /v1/scan` does; true if it is one.
+    pub fn scan_body(bytes: &[u8]) -> bool {
+        parse_json::<ScanBody<'_>>(bytes, "scan request").is_ok()
+    }
+
+    /// Parses a check-in body as `POST /v1/checkins` does.
+    pub fn checkin_body(bytes: &[u8]) -> bool {
+        parse_json::<CheckinBody>(bytes, "check-in").is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::bearer_token;
