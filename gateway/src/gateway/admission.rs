@@ -95,14 +95,7 @@ impl Refusal {
     }
 }
 
-/// The validated settings (`[server]` in the configuration).
-#[derive(Debug, Clone, Copy)]
-pub struct AdmissionSettings {
-    /// Requests doing their work at once.
-    pub max_in_flight: usize,
-    /// How long a scan may wait to start before it is refused.
-    pub scan_queue_budget: Duration,
-}
+pub use crate::operations::config::AdmissionSettings;
 
 /// Holding one is doing the work of one admitted request.
 #[must_use = "the slot is free again when dropped"]

@@ -236,7 +236,7 @@ pub struct ServerSettings {
     /// never takes its room.
     pub admin_max_connections: usize,
     /// Priority admission (see `gateway::admission`).
-    pub admission: crate::gateway::admission::AdmissionSettings,
+    pub admission: AdmissionSettings,
     pub header_read_timeout: Duration,
     /// Public request bodies (scans, check-ins) must arrive within this.
     pub body_read_timeout: Duration,
@@ -247,6 +247,15 @@ pub struct ServerSettings {
     /// Authority batches are larger than scans.
     pub max_admin_body_bytes: usize,
     pub shutdown_grace: Duration,
+}
+
+/// Priority admission's settings (`[server]`; see `gateway::admission`).
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionSettings {
+    /// Requests doing their work at once.
+    pub max_in_flight: usize,
+    /// How long a scan may wait to start before it is refused.
+    pub scan_queue_budget: Duration,
 }
 
 /// Validated configuration.
@@ -297,7 +306,7 @@ impl Config {
             admin_addr: addr("server.admin_addr", s.admin_addr, defaults::ADMIN_ADDR)?,
             max_connections: s.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
             admin_max_connections: s.admin_max_connections.unwrap_or(defaults::ADMIN_MAX_CONNECTIONS),
-            admission: crate::gateway::admission::AdmissionSettings {
+            admission: AdmissionSettings {
                 max_in_flight: s.max_in_flight.unwrap_or(defaults::MAX_IN_FLIGHT),
                 scan_queue_budget: Duration::from_millis(
                     s.scan_queue_budget_ms.unwrap_or(defaults::SCAN_QUEUE_BUDGET_MS),
