@@ -13,13 +13,16 @@
 //! - [`effect`]: how a logged effect changes a holder, one function for the
 //!   live path and for replay;
 //! - [`lifecycle`]: recovery at start, snapshots, retention, shutdown;
-//! - [`shadow`]: a candidate policy decided beside the live one, counted.
+//! - [`shadow`]: a candidate policy decided beside the live one, counted;
+//! - [`admission`]: which requests are taken on under overload (scans
+//!   first, fast refusals past the queueing budget).
 //!
 //! Read-mostly data (trust list, policy, API keys, skew) is one immutable
 //! [`LiveConfig`]: a request loads it once and uses that one version
 //! throughout, and a reload swaps it whole, so no request ever sees half of
 //! a new configuration. Per-holder mutable state is the [`Store`].
 
+pub mod admission;
 pub mod authority;
 pub mod effect;
 pub mod lifecycle;
@@ -123,6 +126,8 @@ pub struct Gateway {
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     shadow: shadow::ShadowMetrics,
+    /// Which requests are taken on under overload (scans first).
+    admission: admission::Admission,
     /// The certificate served over TLS, when `[tls]` is configured.
     certificates: Option<Arc<Certificates>>,
     /// Where `metrics` is registered; passed in, never global.
@@ -178,6 +183,7 @@ impl Gateway {
             clock,
             metrics,
             shadow,
+            admission: admission::Admission::new(config.server.admission, &registry)?,
             certificates,
             registry,
             loaded: AtomicBool::new(false),
@@ -217,6 +223,9 @@ impl Gateway {
     }
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+    pub fn admission(&self) -> &admission::Admission {
+        &self.admission
     }
     pub fn now(&self) -> UnixSecs {
         self.clock.now()

@@ -314,6 +314,7 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
         }
         Command::Serve { config } => {
             let config = healthgate::operations::config::Config::load(&config).map_err(usage)?;
+            healthgate::operations::limits::fit(&config.server).map_err(usage)?;
             serve(config, None)?;
         }
         Command::Demo { dir, size, seed, fresh, public, admin, tls } => {
@@ -347,6 +348,7 @@ fn execute(command: Command) -> Result<ExitCode, Failure> {
                     (env, config)
                 }
             };
+            healthgate::operations::limits::fit(&config.server).map_err(usage)?;
             serve(config, Some((env, dir)))?;
         }
     }

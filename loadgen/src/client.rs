@@ -24,7 +24,7 @@
 //!   wrk2, with the rate split by holder instead of evenly.
 //! - The backlog (dispatched, not yet answered) is capped: beyond the cap a
 //!   request is not sent and counts as an `overflow` error, so an overloaded
-//!   target costs bounded memory. A lost state-changing request (overflow,
+//!   target costs bounded memory. A lost state-changing request (overflow, refusal,
 //!   timeout, transport error) makes its holder's later answers
 //!   unverifiable: they are counted apart instead of as mismatches.
 
@@ -41,7 +41,7 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -79,6 +79,36 @@ pub enum RunError {
     Handshake { addr: SocketAddr, source: hyper::Error },
     #[error("TLS handshake with {addr} failed: {source}")]
     Tls { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "{connections} connections need {needed} open files, but the limit is {limit} (hard limit {hard}): \
+         lower --connections or raise `ulimit -n`"
+    )]
+    OpenFiles { connections: usize, needed: u64, limit: u64, hard: u64 },
+}
+
+/// Descriptors beyond one a connection: the runtime, stdio, the process.
+const SPARE_FILES: u64 = 64;
+
+/// Raises the soft open-file limit to the hard one (the default soft limit,
+/// often 1024, is below a few thousand connections) and checks that
+/// `connections` fit.
+fn open_files_for(connections: usize) -> Result<(), RunError> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Ok(()); // unknown: let connecting tell
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let needed = connections as u64 + SPARE_FILES;
+    if lim.rlim_cur < needed {
+        return Err(RunError::OpenFiles { connections, needed, limit: lim.rlim_cur, hard: lim.rlim_max });
+    }
+    Ok(())
 }
 
 /// How to drive the target (validated settings; see `main.rs` for flags).
@@ -125,6 +155,11 @@ struct Shared {
     scan_uri: Uri,
     base_path: String,
     timeout: Duration,
+    /// The end of the schedule plus `timeout`: every request is due by the
+    /// schedule's end, so one still waiting or unanswered now has waited
+    /// `timeout` past its instant. It counts as a timeout and the run ends
+    /// (a backlogged lane would otherwise take `timeout` per queued request).
+    deadline: Instant,
     check: bool,
     /// Dispatched and not yet answered; the recorder reads it too.
     backlog: Arc<AtomicUsize>,
@@ -217,7 +252,11 @@ impl Shared {
                 Limited::new(resp.into_body(), MAX_ANSWER).collect().await.map_err(|e| e.to_string())?.to_bytes();
             Ok::<_, String>((status, body))
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
+        if Instant::now() >= self.deadline {
+            return (Outcome::Timeout, None, None);
+        }
+        let until = (Instant::now() + self.timeout).min(self.deadline);
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(until), attempt).await {
             Ok(Ok((status, body))) => {
                 let (outcome, mismatch) = check(&scan.expect, status, &body, self.check);
                 let error = outcome
@@ -269,7 +308,9 @@ async fn lane(shared: Arc<Shared>, target: usize, mut conn: Option<Conn>, mut jo
                 eprintln!("error: {} request ({}): {e}", p.scan.kind.name(), outcome_name(outcome));
             }
         }
-        if matches!(outcome, Outcome::Timeout | Outcome::Transport) {
+        // A request that got no decision (no answer, or a refusal such as
+        // 503 under overload) did not happen for its holder.
+        if !matches!(outcome, Outcome::Pass | Outcome::Deny | Outcome::Ok) {
             shared.lose(&p.scan);
         }
         shared.backlog.fetch_sub(1, Ordering::Relaxed);
@@ -341,29 +382,58 @@ fn dispatch(
     (late, max_lag)
 }
 
-/// Sends `items` to the dispatcher in chunks, counting them in `produced`;
+/// How far the producer has got, for the prefill wait before the clock
+/// starts.
+#[derive(Default)]
+struct Prefill {
+    /// Requests handed to the dispatcher's channel.
+    produced: AtomicUsize,
+    /// The channel was full (the producer is as far ahead as it may get) or
+    /// the producer is done: either way nothing more comes before the run
+    /// starts, so the prefill wait ends.
+    done: AtomicBool,
+}
+
+impl Prefill {
+    fn ready(&self, ahead: usize) -> bool {
+        self.done.load(Ordering::Acquire) || self.produced.load(Ordering::Acquire) >= ahead
+    }
+}
+
+/// Sends `items` to the dispatcher in chunks, counting them in `prefill`;
 /// false once the dispatcher is gone.
 fn send_chunked(
     items: impl Iterator<Item = Planned>,
     tx: &std::sync::mpsc::SyncSender<Vec<Planned>>,
-    produced: &AtomicUsize,
+    prefill: &Prefill,
 ) -> bool {
     let mut chunk = Vec::with_capacity(CHUNK);
     for p in items {
         chunk.push(p);
-        if chunk.len() == CHUNK {
-            if tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))).is_err() {
-                return false;
-            }
-            produced.fetch_add(CHUNK, Ordering::Release);
+        if chunk.len() == CHUNK && !send_chunk(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)), tx, prefill) {
+            return false;
         }
     }
-    if chunk.is_empty() {
-        return true;
-    }
+    chunk.is_empty() || send_chunk(chunk, tx, prefill)
+}
+
+/// One chunk into the channel. When the channel is full the prefill is
+/// over (whatever `ahead` asked: the channel's size in chunks and the run's
+/// length both cap it), so the wait before the clock is told before the
+/// producer blocks; otherwise the wait could never end.
+fn send_chunk(chunk: Vec<Planned>, tx: &std::sync::mpsc::SyncSender<Vec<Planned>>, prefill: &Prefill) -> bool {
     let n = chunk.len();
-    let sent = tx.send(chunk).is_ok();
-    produced.fetch_add(n, Ordering::Release);
+    let sent = match tx.try_send(chunk) {
+        Ok(()) => true,
+        Err(std::sync::mpsc::TrySendError::Full(chunk)) => {
+            prefill.done.store(true, Ordering::Release);
+            tx.send(chunk).is_ok()
+        }
+        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false,
+    };
+    if sent {
+        prefill.produced.fetch_add(n, Ordering::Release);
+    }
     sent
 }
 
@@ -372,6 +442,7 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
     let cpu_start = cpu_time(false);
     let n = settings.connections.max(1);
     let targets: Vec<Endpoint> = std::iter::once(&settings.endpoint).chain(&settings.replicas).cloned().collect();
+    open_files_for(n)?;
     let mut conns = tokio::task::JoinSet::new();
     for i in 0..n {
         let endpoint = targets[i % targets.len()].clone();
@@ -387,11 +458,12 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
     // schedule, so the clock is read once here. The few hundred ms of
     // prefill before the first send are far inside the 30 s skew budget.
     let start_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    // The channel holds `ahead` requests rounded up to whole chunks.
     let ahead = settings.ahead.max(CHUNK);
-    let (planned_tx, planned) = std::sync::mpsc::sync_channel::<Vec<Planned>>(ahead / CHUNK);
-    let produced = Arc::new(AtomicUsize::new(0));
+    let (planned_tx, planned) = std::sync::mpsc::sync_channel::<Vec<Planned>>(ahead.div_ceil(CHUNK));
+    let prefill = Arc::new(Prefill::default());
     let producer = {
-        let (schedule, produced) = (schedule.clone(), produced.clone());
+        let (schedule, prefill) = (schedule.clone(), prefill.clone());
         std::thread::Builder::new()
             .name("loadgen-producer".into())
             .spawn(move || {
@@ -406,36 +478,38 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
                     phase: Some(slot.phase),
                     scan: generator.next(unix(slot.at)),
                 });
-                if send_chunked(slots, &planned_tx, &produced) {
+                if send_chunked(slots, &planned_tx, &prefill) {
                     let cleanup =
                         generator.cleanup(unix(end)).into_iter().map(|scan| Planned { at: end, phase: None, scan });
-                    send_chunked(cleanup, &planned_tx, &produced);
+                    send_chunked(cleanup, &planned_tx, &prefill);
                 }
                 // Let the prefill wait below see the end of a short run.
-                produced.store(usize::MAX, Ordering::Release);
+                prefill.done.store(true, Ordering::Release);
                 cpu_time(true)
             })
             .expect("spawning a thread")
     };
     // Let the producer get ahead before the clock starts (it always makes
     // progress, and says when it is done).
-    let prefill = Instant::now();
-    while produced.load(Ordering::Acquire) < ahead {
+    let prefill_started = Instant::now();
+    while !prefill.ready(ahead) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Tokens carry times as if the clock had started before the prefill.
-    if prefill.elapsed() > PREFILL_WARNING {
+    if prefill_started.elapsed() > PREFILL_WARNING {
         eprintln!(
             "warning: signing ahead took {:.0} s: tokens are that much older when sent (ttl 60 s, skew budget 30 s \
              on the demo); lower --sign-ahead",
-            prefill.elapsed().as_secs_f64()
+            prefill_started.elapsed().as_secs_f64()
         );
     }
 
     let (completions, mut completed) = mpsc::unbounded_channel();
     let base_path = settings.endpoint.base_path.clone();
+    let t0 = Instant::now();
     let shared = Arc::new(Shared {
-        t0: Instant::now(),
+        t0,
+        deadline: t0 + schedule.duration() + settings.timeout,
         targets,
         bearer: settings.bearer.clone(),
         json: HeaderValue::from_static("application/json"),
@@ -448,7 +522,6 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
         lost: Mutex::new(HashSet::new()),
         completions,
     });
-    let t0 = shared.t0;
     let dispatched = Arc::new(AtomicU64::new(0));
 
     let recorder = {
@@ -537,7 +610,6 @@ mod tests {
     use hyper::service::service_fn;
     use hyper::Response;
     use std::convert::Infallible;
-    use std::sync::atomic::AtomicBool;
 
     fn generator() -> Generator {
         let world = World {
@@ -615,6 +687,115 @@ mod tests {
         assert!(sum.latency_us.max_us >= 290_000, "{:?}", sum.latency_us);
         assert!(sum.latency_us.p90_us >= 100_000, "{:?}", sum.latency_us);
         assert!(sum.latency_us.p50_us < 50_000, "{:?}", sum.latency_us);
+    }
+
+    /// A server that answers every `nth` request with 503 and the others
+    /// with a pass; `never`: it reads requests and never answers.
+    async fn answering(nth: u64, never: bool) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let count = count.clone();
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            if never {
+                                std::future::pending::<()>().await;
+                            }
+                            let i = count.fetch_add(1, Ordering::Relaxed) + 1;
+                            let mut r = Response::new(Full::new(Bytes::from_static(
+                                br#"{"decision":"pass","color":"green","reason":"ok","epoch":1}"#,
+                            )));
+                            if i.is_multiple_of(nth) {
+                                *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let _ = server::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// Guards a run that once hung: the run must return at all.
+    async fn returns(s: Settings, schedule: Schedule) -> Summary {
+        tokio::time::timeout(Duration::from_secs(60), run(s, schedule, generator()))
+            .await
+            .expect("the run hung")
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sign_ahead_not_a_multiple_of_64_does_not_hang() {
+        let addr = answering(u64::MAX, false).await;
+        for ahead in [1, 65, 100, 1000] {
+            let mut s = settings(addr, 2);
+            s.ahead = ahead;
+            let sum = returns(s, Schedule::constant(1000.0, Duration::from_millis(300)).unwrap()).await;
+            assert_eq!((sum.scheduled, sum.answered), (300, 300), "--sign-ahead {ahead}");
+        }
+    }
+
+    /// 12 032 for a 12 000-request run, in small: the run's chunks and the
+    /// cleanup's fill the channel before `ahead` requests are produced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sign_ahead_a_little_above_the_request_count_does_not_hang() {
+        let addr = answering(u64::MAX, false).await;
+        // Each run's chunks (the last one partial) fill the channel exactly.
+        for (rate, ahead) in [(200.0, 256), (1000.0, 1024), (3000.0, 3008)] {
+            let mut s = settings(addr, 4);
+            s.ahead = ahead;
+            let sum = returns(s, Schedule::constant(rate, Duration::from_secs(1)).unwrap()).await;
+            assert_eq!(sum.scheduled as f64, rate, "--sign-ahead {ahead}");
+            assert!(sum.cleanup.count > 0, "the cleanup is what overfilled the channel");
+            // Every request accounted for (a loaded machine may time some out).
+            assert_eq!(sum.answered + sum.errors.timeout + sum.errors.transport, sum.scheduled, "{sum}");
+        }
+    }
+
+    /// A target that never answers: the run ends at the schedule's end plus
+    /// the timeout, not a timeout per queued request (one connection, 100
+    /// queued requests, 300 ms each would be 30 s).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_target_ends_the_run_at_schedule_plus_timeout() {
+        let addr = answering(u64::MAX, true).await;
+        let mut s = settings(addr, 1);
+        s.timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let sum = returns(s, Schedule::constant(200.0, Duration::from_millis(500)).unwrap()).await;
+        assert_eq!(sum.errors.timeout, 100, "{sum}");
+        assert_eq!(sum.answered, 0);
+        // Not a speed claim: a bound of the driver's own making, far from
+        // the 30 s the queue would take one timeout at a time.
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+
+    /// 2 000 connections open, carry the run and report every answer by
+    /// status, 503s included as answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_thousand_connections_and_answers_by_status() {
+        let addr = answering(4, false).await;
+        let sum = returns(settings(addr, 2000), Schedule::constant(2000.0, Duration::from_secs(1)).unwrap()).await;
+        assert_eq!(sum.connections, 2000);
+        assert_eq!(sum.scheduled, 2000);
+        assert!(sum.answered > 1000, "{sum}");
+        // Every request accounted for (a loaded machine may time some out).
+        assert_eq!(sum.answered + sum.errors.timeout + sum.errors.transport, 2000, "{sum}");
+        assert_eq!(sum.statuses.values().sum::<u64>(), sum.answered);
+        let unavailable = sum.statuses.get(&503).copied().unwrap_or(0);
+        // Every fourth answer the stub sends (cleanup's included) is a 503.
+        assert!(unavailable > 0 && sum.statuses[&200] > unavailable, "{:?}", sum.statuses);
+        assert_eq!(sum.errors.http_status, unavailable);
+        assert_eq!(sum.status_latency_us[&503].count, unavailable);
+        assert_eq!(sum.status_latency_us[&200].count, sum.statuses[&200]);
+        assert!(sum.to_string().contains(&format!("answers by status: 200 {}, 503 {unavailable}", sum.statuses[&200])));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

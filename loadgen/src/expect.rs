@@ -137,6 +137,16 @@ impl Outcome {
         self.index() >= 3
     }
 
+    /// The HTTP status of an answer: 200 for a read decision, `None` when
+    /// nothing came back.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Outcome::Pass | Outcome::Deny | Outcome::Ok => Some(200),
+            Outcome::Status(s) => Some(s),
+            Outcome::Transport | Outcome::Timeout | Outcome::Overflow => None,
+        }
+    }
+
     /// An answer came back, so its latency is a response time.
     pub fn answered(self) -> bool {
         matches!(self, Outcome::Pass | Outcome::Deny | Outcome::Ok | Outcome::Status(_))

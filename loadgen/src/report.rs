@@ -155,6 +155,12 @@ pub struct Summary {
     pub drain_s: f64,
     pub pass: u64,
     pub deny: u64,
+    /// Answers of the schedule's requests by HTTP status (a 503 is an
+    /// answer, not a timeout); they add up to `answered`.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Their latency by status: under overload the admitted answers (200)
+    /// and the refusals (503) are two different stories.
+    pub status_latency_us: BTreeMap<u16, Latency>,
     /// Errors of the schedule's requests; `total` includes the cleanup's.
     pub errors: Errors,
     pub max_errors: u64,
@@ -209,6 +215,7 @@ pub struct Recorder {
     cleanup: (Tally, Histogram<u64>),
     mismatches: u64,
     unverifiable: u64,
+    statuses: BTreeMap<u16, Histogram<u64>>,
     shown: Vec<String>,
     show: usize,
     last_done: Duration,
@@ -234,6 +241,7 @@ impl Recorder {
             cleanup: (Tally::default(), histogram()),
             mismatches: 0,
             unverifiable: 0,
+            statuses: BTreeMap::new(),
             shown: vec![],
             show,
             last_done: Duration::ZERO,
@@ -267,6 +275,9 @@ impl Recorder {
                 tally.add(c);
                 self.phases[p].tally.add(c);
                 if answered {
+                    if let Some(s) = c.outcome.status() {
+                        self.statuses.entry(s).or_insert_with(histogram).saturating_record(us);
+                    }
                     hist.saturating_record(us);
                     self.overall.saturating_record(us);
                     self.phases[p].hist.saturating_record(us);
@@ -393,6 +404,8 @@ impl Recorder {
             drain_s: (self.last_done.as_secs_f64() - duration).max(0.0),
             pass: count(Outcome::Pass),
             deny: count(Outcome::Deny),
+            statuses: self.statuses.iter().map(|(s, h)| (*s, h.len())).collect(),
+            status_latency_us: self.statuses.iter().map(|(s, h)| (*s, Latency::of(h))).collect(),
             errors,
             max_errors,
             mismatches: self.mismatches,
@@ -472,6 +485,10 @@ impl fmt::Display for Summary {
             e.overflow,
             self.max_errors
         )?;
+        if !self.statuses.is_empty() {
+            let by: Vec<String> = self.statuses.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            writeln!(f, "  answers by status: {}", by.join(", "))?;
+        }
         match self.checked {
             true if self.unverifiable > 0 => writeln!(
                 f,
@@ -489,6 +506,13 @@ impl fmt::Display for Summary {
         lat_row(f, "all", "", &self.latency_us)?;
         for (name, l) in &self.outcomes {
             lat_row(f, name, "", l)?;
+        }
+        if self.status_latency_us.len() > 1 {
+            writeln!(f, "by status:")?;
+            lat_header(f, "status", "")?;
+            for (s, l) in &self.status_latency_us {
+                lat_row(f, &s.to_string(), "", l)?;
+            }
         }
         if self.phases.len() > 1 {
             writeln!(f, "by phase:")?;

@@ -1,6 +1,7 @@
 //! All end-to-end tests, one binary (see the harness in `tests/src`).
 //! Each module is named after the part of the product it guards.
 
+mod admission;
 mod architecture;
 mod authority;
 mod batch;
@@ -13,6 +14,8 @@ mod errors;
 mod formats;
 mod inspect;
 mod killloop;
+mod limits;
+mod manners;
 mod metrics;
 mod monitoring;
 mod package;

@@ -68,10 +68,17 @@ async fn a_refused_reload_shows_until_a_good_one() {
 
 #[tokio::test]
 async fn saturation_durability_and_build_series_are_there_from_the_start() {
-    let t = TestGateway::start_with(Box::new(|c| c.replace("[server]\n", "[server]\nmax_connections = 37\n"))).await;
+    let t = TestGateway::start_with(Box::new(|c| {
+        c.replace("[server]\n", "[server]\nmax_connections = 37\nadmin_max_connections = 5\n")
+    }))
+    .await;
     let m = t.metrics().await;
+    // Each listener has its own cap.
     assert_eq!(sample(&m, "healthgate_connection_limit{listener=\"public\"}"), 37.0);
-    assert_eq!(sample(&m, "healthgate_connection_limit{listener=\"admin\"}"), 37.0);
+    assert_eq!(sample(&m, "healthgate_connection_limit{listener=\"admin\"}"), 5.0);
+    for listener in ["public", "admin"] {
+        assert_eq!(sample(&m, &format!("healthgate_accept_errors_total{{listener=\"{listener}\"}}")), 0.0);
+    }
     for status in healthgate::operations::metrics::ERROR_STATUSES {
         assert_eq!(sample(&m, &format!("healthgate_rejected_requests_total{{status=\"{status}\"}}")), 0.0);
     }

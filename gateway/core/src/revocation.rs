@@ -176,6 +176,12 @@ fn export(version: u64, filter: &Bloom<[u8; 17]>) -> Bytes {
 pub mod reader {
     use std::hash::Hasher;
 
+    /// The most hash functions a filter may declare. An optimal filter has
+    /// about -log2(false-positive rate) of them (30 at one in a billion);
+    /// a declared count in the millions would make every lookup a hang
+    /// (found by fuzzing: `revocation_filter`).
+    pub const MAX_HASH_FUNCTIONS: u32 = 1024;
+
     pub struct ExportedFilter {
         pub version: u64,
         k: u32,
@@ -194,13 +200,8 @@ pub mod reader {
             let bits = u64::from_be_bytes(b[17..25].try_into().ok()?);
             let seed: [u8; 32] = b[25..57].try_into().ok()?;
             let bitmap = b[57..].to_vec();
-            (bits > 0 && bitmap.len() as u64 * 8 == bits && k > 0).then_some(ExportedFilter {
-                version,
-                k,
-                bits,
-                seed,
-                bitmap,
-            })
+            (bits > 0 && bitmap.len() as u64 * 8 == bits && k > 0 && k <= MAX_HASH_FUNCTIONS)
+                .then_some(ExportedFilter { version, k, bits, seed, bitmap })
         }
 
         fn sip(&self, key: &[u8], item: &[u8]) -> u64 {
@@ -244,6 +245,26 @@ pub mod reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzzing (`revocation_filter`) found a filter declaring 66 million
+    /// hash functions over an all-ones bitmap: every lookup spun through
+    /// all of them. Such a filter is refused when read.
+    #[test]
+    fn fuzz_revocation_filter_huge_hash_count_is_refused_not_a_hang() {
+        let found: &[u8] = &[
+            72, 71, 82, 70, 1, 0, 0, 0, 0, 0, 0, 0, 3, 246, 255, 39, 3, 0, 0, 0, 0, 0, 0, 0, 64, 0, 1, 0, 3, 4, 5, 6,
+            7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 39, 22, 23, 24, 25, 26, 9, 10, 11, 12, 0, 0, 255, 255,
+            255, 255, 255, 255, 90,
+        ];
+        assert!(reader::ExportedFilter::parse(found).is_none());
+        // The same filter with the largest count allowed is read; with every
+        // bit set, an item "may be in it" after all 1 024 probes.
+        let mut ok = found.to_vec();
+        ok[13..17].copy_from_slice(&reader::MAX_HASH_FUNCTIONS.to_be_bytes());
+        ok[57..].fill(0xff);
+        let f = reader::ExportedFilter::parse(&ok).expect("a filter");
+        assert!(f.may_contain(&reader::holder_item(&[1; 16])));
+    }
 
     fn rev(t: Target, expires: Option<UnixSecs>) -> Revocation {
         Revocation { target: t, expires }

@@ -37,6 +37,20 @@ pub mod defaults {
     pub const PUBLIC_ADDR: &str = "0.0.0.0:8080";
     pub const ADMIN_ADDR: &str = "127.0.0.1:9090";
     pub const MAX_CONNECTIONS: usize = 10_000;
+    /// The admin listener's own cap: the authority, operators and
+    /// Prometheus, a handful of clients.
+    pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+    /// Admitted requests doing their work at once. About what two cores
+    /// finish within the queueing budget, with room for the log's group
+    /// commit (scans waiting for their fsync hold a slot).
+    pub const MAX_IN_FLIGHT: usize = 64;
+    /// How long a scan may wait to start before it is refused (503
+    /// `overloaded`): a fast "busy" beats a slow answer at a turnstile.
+    /// A debug build (tests, development; `healthgate_build_info` says
+    /// which) is tens of times slower and shares its machine with the test
+    /// threads: its default budget is a second, so that slowness is not
+    /// taken for overload. Gates run release builds.
+    pub const SCAN_QUEUE_BUDGET_MS: u64 = if cfg!(debug_assertions) { 1_000 } else { 5 };
     /// hyper's header-read timeout: slowloris protection.
     pub const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
     /// How long a scan or check-in body may take to arrive once the
@@ -194,6 +208,9 @@ pub struct RawServer {
     pub public_addr: Option<String>,
     pub admin_addr: Option<String>,
     pub max_connections: Option<usize>,
+    pub admin_max_connections: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    pub scan_queue_budget_ms: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,
     pub body_read_timeout_ms: Option<u64>,
     pub admin_body_read_timeout_ms: Option<u64>,
@@ -246,7 +263,13 @@ pub struct RawCheckpoint {
 pub struct ServerSettings {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The public listener's connection cap.
     pub max_connections: usize,
+    /// The admin listener's own cap, so that a flood on the public side
+    /// never takes its room.
+    pub admin_max_connections: usize,
+    /// Priority admission (see `gateway::admission`).
+    pub admission: AdmissionSettings,
     pub header_read_timeout: Duration,
     /// Public request bodies (scans, check-ins) must arrive within this.
     pub body_read_timeout: Duration,
@@ -257,6 +280,15 @@ pub struct ServerSettings {
     /// Authority batches are larger than scans.
     pub max_admin_body_bytes: usize,
     pub shutdown_grace: Duration,
+}
+
+/// Priority admission's settings (`[server]`; see `gateway::admission`).
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionSettings {
+    /// Requests doing their work at once.
+    pub max_in_flight: usize,
+    /// How long a scan may wait to start before it is refused.
+    pub scan_queue_budget: Duration,
 }
 
 /// Validated configuration.
@@ -307,6 +339,13 @@ impl Config {
             public_addr: addr("server.public_addr", s.public_addr, defaults::PUBLIC_ADDR)?,
             admin_addr: addr("server.admin_addr", s.admin_addr, defaults::ADMIN_ADDR)?,
             max_connections: s.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+            admin_max_connections: s.admin_max_connections.unwrap_or(defaults::ADMIN_MAX_CONNECTIONS),
+            admission: AdmissionSettings {
+                max_in_flight: s.max_in_flight.unwrap_or(defaults::MAX_IN_FLIGHT),
+                scan_queue_budget: Duration::from_millis(
+                    s.scan_queue_budget_ms.unwrap_or(defaults::SCAN_QUEUE_BUDGET_MS),
+                ),
+            },
             header_read_timeout: Duration::from_millis(
                 s.header_read_timeout_ms.unwrap_or(defaults::HEADER_READ_TIMEOUT_MS),
             ),
@@ -321,6 +360,15 @@ impl Config {
         };
         if server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1".into()));
+        }
+        if server.admin_max_connections == 0 {
+            return Err(invalid("server.admin_max_connections", "must be at least 1".into()));
+        }
+        if server.admission.max_in_flight == 0 {
+            return Err(invalid("server.max_in_flight", "must be at least 1".into()));
+        }
+        if server.admission.scan_queue_budget > Duration::from_secs(1) {
+            return Err(invalid("server.scan_queue_budget_ms", "must be between 0 and 1000".into()));
         }
         if server.header_read_timeout.is_zero() || server.header_read_timeout > Duration::from_secs(5) {
             return Err(invalid("server.header_read_timeout_ms", "must be between 1 and 5000".into()));

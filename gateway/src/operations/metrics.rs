@@ -33,6 +33,7 @@ pub struct Metrics {
     pub epoch: IntGauge,
     open_connections: [IntGauge; 2],
     rejected_connections: [IntCounter; 2],
+    accept_errors: [IntCounter; 2],
     pub rejected_requests: IntCounterVec,
     pub ready: IntGauge,
     /// Authority batches by kind (updates, revocations) and result.
@@ -115,6 +116,13 @@ impl Metrics {
             Opts::new("healthgate_rejected_connections_total", "Connections refused at the connection cap."),
             &["listener"],
         )?;
+        let accept_errors = IntCounterVec::new(
+            Opts::new(
+                "healthgate_accept_errors_total",
+                "Failed accepts by listener (out of descriptors and the like); each is backed off.",
+            ),
+            &["listener"],
+        )?;
         let rejected_requests = IntCounterVec::new(
             Opts::new("healthgate_rejected_requests_total", "Requests answered with an error status, by status."),
             &["status"],
@@ -175,7 +183,7 @@ impl Metrics {
         let connection_limit = IntGaugeVec::new(
             Opts::new(
                 "healthgate_connection_limit",
-                "Most connections a listener keeps open (server.max_connections).",
+                "Most connections a listener keeps open (server.max_connections, server.admin_max_connections).",
             ),
             &["listener"],
         )?;
@@ -236,6 +244,7 @@ impl Metrics {
             Box::new(epoch.clone()),
             Box::new(conns.clone()),
             Box::new(rejected_conns.clone()),
+            Box::new(accept_errors.clone()),
             Box::new(rejected_requests.clone()),
             Box::new(build),
             Box::new(ready.clone()),
@@ -271,6 +280,7 @@ impl Metrics {
             epoch,
             open_connections: listeners.map(|l| conns.with_label_values(&[l.as_str()])),
             rejected_connections: listeners.map(|l| rejected_conns.with_label_values(&[l.as_str()])),
+            accept_errors: listeners.map(|l| accept_errors.with_label_values(&[l.as_str()])),
             rejected_requests,
             ready,
             feed_batches,
@@ -308,6 +318,9 @@ impl Metrics {
     }
     pub fn rejected_connections(&self, l: Listener) -> &IntCounter {
         &self.rejected_connections[l as usize]
+    }
+    pub fn accept_errors(&self, l: Listener) -> &IntCounter {
+        &self.accept_errors[l as usize]
     }
     pub fn connection_limit(&self, l: Listener) -> &IntGauge {
         &self.connection_limit[l as usize]

@@ -9,6 +9,7 @@
 //! closes what is left.
 
 use crate::feed::{FeedError, RevocationBatch, UpdateBatch};
+use crate::gateway::admission::{Class, Refusal, Slot};
 use crate::gateway::{CheckinError, CheckinRequest, Gateway, LiveConfig, ScanError, ScanRequest};
 use crate::holder::HolderId;
 use crate::operations::auth::Role;
@@ -16,7 +17,7 @@ use crate::operations::config::ServerSettings;
 use crate::operations::metrics::Listener;
 use crate::policy::Direction;
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -45,11 +47,19 @@ type Body = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: Cow<'static, str>,
+    /// Refused by priority admission: the answer says why and when to retry.
+    pub refusal: Option<Refusal>,
 }
+
+/// How soon a request refused by admission may be sent again, in seconds.
+const RETRY_AFTER_S: &str = "1";
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), refusal: None }
+    }
+    fn refused(r: Refusal) -> Self {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: Cow::Borrowed(r.message()), refusal: Some(r) }
     }
     fn bad_request(m: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, m)
@@ -108,12 +118,23 @@ fn ok_json<T: Serialize>(value: &T) -> Response<Body> {
 
 fn error_response(gw: &Gateway, e: ApiError) -> Response<Body> {
     gw.metrics().rejected_requests.with_label_values(&[e.status.as_str()]).inc();
-    let mut r = json_response(e.status, serde_json::to_vec(&serde_json::json!({ "error": e.message })).expect("json"));
+    let body = match e.refusal {
+        None => serde_json::json!({ "error": e.message }),
+        Some(r) => serde_json::json!({ "error": e.message, "reason": r.as_str() }),
+    };
+    let mut r = json_response(e.status, serde_json::to_vec(&body).expect("json"));
+    if e.refusal.is_some() {
+        r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+    }
     if e.status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
 }
+
+/// The first wait after a failed accept, doubled on each failure in a row.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// Serves one listener until `shutdown` resolves, then drains. With `tls`,
 /// every connection is a TLS handshake first (bounded by the header-read
@@ -126,21 +147,39 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
-    gw.metrics().connection_limit(which).set(i64::try_from(settings.max_connections).unwrap_or(i64::MAX));
+    // Each listener has its own cap: a flood on the public side never
+    // takes the admin listener's room (and `operations::limits` made sure
+    // both caps fit in the open-file limit).
+    let cap = match which {
+        Listener::Public => settings.max_connections,
+        Listener::Admin => settings.admin_max_connections,
+    };
+    let permits = Arc::new(Semaphore::new(cap));
+    gw.metrics().connection_limit(which).set(i64::try_from(cap).unwrap_or(i64::MAX));
     let graceful = GracefulShutdown::new();
     let settings = Arc::new(settings);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(s) => s,
+                Ok(s) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    s
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off a little
-                    // rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    // Out of descriptors (EMFILE, ENFILE), out of memory:
+                    // the pending connection stays queued, and retrying at
+                    // once would spin. Back off, doubling up to a bound, and
+                    // let closing connections free what is missing.
+                    gw.metrics().accept_errors(which).inc();
+                    tracing::warn!(listener = which.as_str(), error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
@@ -198,17 +237,44 @@ where
     }
 }
 
-async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<Incoming>) -> Response<Body> {
+/// Set by [`read_body`] once a request's body has been read to its end.
+///
+/// Put in the request's extensions only when the request has a body. An
+/// answer given while a body is still unread (refused before reading it,
+/// over the limit, too slow) is the last on its connection: hyper will not
+/// read on past a body nobody consumed, so the answer says
+/// `Connection: close` and the client knows not to send its next request
+/// there.
+#[derive(Clone)]
+struct BodyRead(Arc<AtomicBool>);
+
+async fn route(gw: &Gateway, which: Listener, s: &ServerSettings, mut req: Request<Incoming>) -> Response<Body> {
+    let body_read = (!hyper::body::Body::is_end_stream(req.body())).then(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        req.extensions_mut().insert(BodyRead(flag.clone()));
+        flag
+    });
+    let mut response = dispatch(gw, which, s, req).await;
+    if body_read.is_some_and(|f| !f.load(Ordering::Acquire)) {
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn dispatch(gw: &Gateway, which: Listener, s: &ServerSettings, req: Request<Incoming>) -> Response<Body> {
     let result = match (which, req.method(), req.uri().path()) {
-        (_, &Method::GET, "/healthz") => Ok(ok_json(&serde_json::json!({ "status": "alive" }))),
-        (_, &Method::GET, "/readyz") => Ok(readyz(gw)),
+        // HEAD is GET without the body (hyper leaves the body out).
+        (_, &Method::GET | &Method::HEAD, "/healthz") => Ok(ok_json(&serde_json::json!({ "status": "alive" }))),
+        (_, &Method::GET | &Method::HEAD, "/readyz") => Ok(readyz(gw)),
         (Listener::Public, &Method::POST, "/v1/scan") => scan(gw, s, req).await,
-        (Listener::Public, &Method::GET, p) if p.starts_with("/v1/holders/") => holder(gw, &req),
+        (Listener::Public, &Method::GET, p) if p.starts_with("/v1/holders/") => holder(gw, &req).await,
         (Listener::Public, &Method::POST, "/v1/checkins") => checkin(gw, s, req).await,
-        (Listener::Public, &Method::GET, "/v1/revocations/filter") => revocation_filter(gw, &req),
-        (Listener::Public, &Method::GET, "/v1/checkpoints") => inspect::checkpoints(gw, &req),
+        (Listener::Public, &Method::GET, "/v1/revocations/filter") => revocation_filter(gw, &req).await,
+        (Listener::Public, &Method::GET, "/v1/checkpoints") => inspect::checkpoints(gw, &req).await,
         (Listener::Public, &Method::POST, "/v1/inspect/decode") => inspect::decode(gw, req).await,
-        (Listener::Public, &Method::GET, p) if p == "/inspect" || p.starts_with("/inspect/") => inspect::page(p),
+        (Listener::Public, &Method::GET, p) if p == "/inspect" || p.starts_with("/inspect/") => {
+            inspect::page(gw, p).await
+        }
         (Listener::Admin, &Method::GET, "/metrics") => Ok(metrics(gw)),
         (Listener::Admin, &Method::POST, "/v1/admin/updates") => updates(gw, s, req).await,
         (Listener::Admin, &Method::POST, "/v1/admin/revocations") => revocations(gw, s, req).await,
@@ -279,7 +345,7 @@ fn authorize(gw: &Gateway, req: &Request<Incoming>, allowed: &[Role]) -> Result<
     let key = req
         .headers()
         .get(AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| bearer_token(v.as_bytes()))
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"))?;
     let live = gw.live();
     let role = live.keys.role_of(key).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown key"))?;
@@ -290,8 +356,34 @@ fn authorize(gw: &Gateway, req: &Request<Incoming>, allowed: &[Role]) -> Result<
     }
 }
 
+/// The credentials of `Authorization: Bearer <key>`. The scheme is
+/// case-insensitive (RFC 9110 §11.1: `bearer` and `BEARER` are `Bearer`),
+/// and one or more spaces may separate it from the key.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let key = &rest[rest.iter().position(|&b| b != b' ')?..];
+    Some(key)
+}
+
+/// Takes a slot for a request of `class`, or the 503 that refuses it.
+async fn admit(gw: &Gateway, class: Class) -> Result<Slot, ApiError> {
+    gw.admission().admit(class).await.map_err(ApiError::refused)
+}
+
 /// Reads a body of at most `limit` bytes within `deadline`.
 async fn read_body(req: Request<Incoming>, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
+    let read = req.extensions().get::<BodyRead>().cloned();
+    let bytes = read_body_inner(req, limit, deadline).await?;
+    if let Some(BodyRead(flag)) = read {
+        flag.store(true, Ordering::Release);
+    }
+    Ok(bytes)
+}
+
+async fn read_body_inner(req: Request<Incoming>, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes"));
     if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
         if len > limit as u64 {
@@ -347,6 +439,9 @@ async fn scan(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Resul
     let started = Instant::now();
     let live = authorize(gw, &req, &[Role::Turnstile, Role::Inspector])?;
     let bytes = read_body(req, s.max_body_bytes, s.body_read_timeout).await?;
+    // After the body: a slow client never holds a slot, and a refused scan
+    // keeps its connection.
+    let _slot = admit(gw, Class::Scan).await?;
     let body: ScanBody<'_> = parse_json(&bytes, "scan request")?;
     let outcome = gw
         .scan(
@@ -372,8 +467,9 @@ async fn scan(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Resul
     Ok(response)
 }
 
-fn holder(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn holder(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let live = authorize(gw, req, &[Role::Inspector, Role::Authority])?;
+    let _slot = admit(gw, Class::Status).await?;
     let hex = &req.uri().path()["/v1/holders/".len()..];
     let id: HolderId =
         hex.parse().map_err(|e: crate::holder::ParseHolderError| ApiError::bad_request(e.to_string()))?;
@@ -393,6 +489,7 @@ struct CheckinBody {
 /// `POST /v1/checkins`: no device key; the holder's own code authenticates.
 async fn checkin(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let bytes = read_body(req, s.max_body_bytes, s.body_read_timeout).await?;
+    let _slot = admit(gw, Class::Checkin).await?;
     let body: CheckinBody = parse_json(&bytes, "check-in")?;
     let live = arc_swap::Guard::into_inner(gw.live());
     let outcome = gw
@@ -411,8 +508,9 @@ async fn checkin(gw: &Gateway, s: &ServerSettings, req: Request<Incoming>) -> Re
 
 /// `GET /v1/revocations/filter`: the Bloom filter for offline apps, with
 /// its version as the ETag.
-fn revocation_filter(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn revocation_filter(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     authorize(gw, req, &Role::ALL)?;
+    let _slot = admit(gw, Class::Export).await?;
     let (version, body) = gw.revocation_export();
     let etag = format!("\"{version}\"");
     let unchanged = req
@@ -528,6 +626,8 @@ async fn cluster_state(gw: &Gateway, req: &Request<Incoming>) -> Result<Response
 /// `GET /v1/admin/holders/{hex}/visits?from=&to=`: JSON lines, streamed.
 async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>) -> Result<Response<Body>, ApiError> {
     authorize(gw, req, &[Role::Authority])?;
+    // Held until the stream ends: the query's work is in the blocking task.
+    let slot = admit(gw, Class::Tracing).await?;
     let from = time_param(req, "from", 0)?;
     let to = time_param(req, "to", u64::MAX)?;
     let checkpoint = match holder {
@@ -563,6 +663,7 @@ async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>)
     let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(8);
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut buf = Vec::with_capacity(64 << 10);
         let mut open = true;
         let mut emit = |v: crate::durability::visits::Visit| {
@@ -614,4 +715,36 @@ async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>)
     let mut r = Response::new(Either::Right(body));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     Ok(r)
+}
+
+/// The request-body parsers, for the fuzz targets (`gateway/fuzz`): the
+/// body types stay private to this module.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{parse_json, CheckinBody, ScanBody};
+
+    /// Parses a scan body as `POST /v1/scan` does; true if it is one.
+    pub fn scan_body(bytes: &[u8]) -> bool {
+        parse_json::<ScanBody<'_>>(bytes, "scan request").is_ok()
+    }
+
+    /// Parses a check-in body as `POST /v1/checkins` does.
+    pub fn checkin_body(bytes: &[u8]) -> bool {
+        parse_json::<CheckinBody>(bytes, "check-in").is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_case_insensitively() {
+        for v in ["Bearer k1", "bearer k1", "BEARER k1", "bEaReR   k1"] {
+            assert_eq!(bearer_token(v.as_bytes()), Some(&b"k1"[..]), "{v}");
+        }
+        for v in ["Basic k1", "Bearerk1", "Bearer", "Bearer ", "", "Bear k1", "Bearers k1"] {
+            assert_eq!(bearer_token(v.as_bytes()), None, "{v}");
+        }
+    }
 }

@@ -76,6 +76,11 @@ pub async fn run_with(
     storage: Option<Box<dyn crate::durability::wal::storage::Storage>>,
 ) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // How late the runtime runs, for priority admission.
+    let probe = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.admission().probe().await })
+    };
     // One rustls configuration, resolving the certificate the gateway holds
     // (swapped on reload), for the listeners `[tls]` names.
     let acceptor = gw.certificates().map(|c| tokio_rustls::TlsAcceptor::from(c.server_config()));
@@ -151,6 +156,7 @@ pub async fn run_with(
     let _ = stop_tx.send(true);
     let _ = public.await;
     let _ = admin.await;
+    probe.abort();
     // In-flight requests are answered; write a last snapshot and close the log.
     if let Some(c) = gw.replica() {
         c.stop();

@@ -9,7 +9,8 @@
 //! `GET /v1/holders/{id}` like any inspector app: it has no route of its own
 //! that decides or changes anything, so it adds no way around the roles.
 
-use super::{authorize, full, ok_json, query_param, read_body, ApiError, Body};
+use super::{admit, authorize, full, ok_json, query_param, read_body, ApiError, Body};
+use crate::gateway::admission::Class;
 use crate::gateway::Gateway;
 use crate::operations::auth::Role;
 use crate::serving::inspect::{self, FrameFormat, MAX_FRAME_BYTES};
@@ -33,7 +34,8 @@ static FRAME_SLOTS: Semaphore = Semaphore::const_new(4);
 const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `GET /inspect` and `/inspect/...`.
-pub(super) fn page(path: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn page(gw: &Gateway, path: &str) -> Result<Response<Body>, ApiError> {
+    let _slot = admit(gw, Class::Inspector).await?;
     // The page lives at `/inspect/` so that its files and the API are
     // reached by relative URLs, which keeps it working behind a proxy that
     // serves the gateway under a prefix.
@@ -54,8 +56,9 @@ pub(super) fn page(path: &str) -> Result<Response<Body>, ApiError> {
 }
 
 /// `GET /v1/checkpoints`.
-pub(super) fn checkpoints(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn checkpoints(gw: &Gateway, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let live = authorize(gw, req, &[Role::Inspector])?;
+    let _slot = admit(gw, Class::Inspector).await?;
     Ok(ok_json(&inspect::CheckpointList::of(&live.policy)))
 }
 
@@ -87,6 +90,7 @@ fn frame_format(req: &Request<Incoming>) -> Result<FrameFormat, ApiError> {
 pub(super) async fn decode(gw: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     authorize(gw, &req, &[Role::Inspector])?;
     let format = frame_format(&req)?;
+    let _slot = admit(gw, Class::Inspector).await?;
     let permit = FRAME_SLOTS.try_acquire().map_err(|_| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "frame decoder busy: send the frame again later")
     })?;

@@ -1,0 +1,311 @@
+//! Priority admission: which requests the gateway takes on when it cannot
+//! take them all.
+//!
+//! A turnstile that waits 15 s is broken; one told "busy, retry" at once
+//! falls back to its own rule. So under overload the gateway answers fast
+//! and keeps its work for gate scans:
+//!
+//! * Requests of the public side (and tracing queries on the admin side)
+//!   take a slot for their work; there are `max_in_flight` slots.
+//! * Gate **scans** come first. A scan takes a free slot, or waits for one
+//!   up to the queueing budget (`scan_queue_budget_ms`); past it, or when
+//!   the runtime is already running that late, it is refused at once with
+//!   `overloaded` rather than answered slowly.
+//! * The **lower classes** (check-ins, holder status, the inspector's page,
+//!   tracing, the filter export) never wait: they are refused (`shed`)
+//!   while half the slots are taken, while any scan waits for a slot, or
+//!   while the runtime runs later than half the budget. So they are the
+//!   first to go, and they leave the room to the gates.
+//! * The admin listener's health, metrics and authority feed take no slot
+//!   at all: they stay responsive whatever the public side does (and the
+//!   listener has its own connection cap).
+//!
+//! How late the runtime runs is measured by a probe ([`Admission::probe`]):
+//! a task that asks to wake every millisecond and records how late it was
+//! woken, the least of eight wakes in a row. Work queued on the runtime
+//! delays every task alike (timers and new connections' readiness are
+//! both seen only between tasks), so sustained lateness is the queueing a
+//! request arriving now would see before its turn. It counts only while
+//! admitted work is in flight: an idle gateway on a busy machine is late
+//! for reasons refusing cannot fix.
+//!
+//! Every refusal is counted by class and reason.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The probe asks to wake this often.
+const PROBE_TICK: Duration = Duration::from_millis(1);
+/// Lateness is the least of this many ticks in a row (8 ms or more).
+const PROBE_WINDOW: usize = 8;
+
+/// What a request is, in the order it is served under overload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Scan = 0,
+    Checkin = 1,
+    Status = 2,
+    Inspector = 3,
+    Tracing = 4,
+    Export = 5,
+}
+
+impl Class {
+    pub const ALL: [Class; 6] =
+        [Class::Scan, Class::Checkin, Class::Status, Class::Inspector, Class::Tracing, Class::Export];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Scan => "scan",
+            Class::Checkin => "checkin",
+            Class::Status => "status",
+            Class::Inspector => "inspector",
+            Class::Tracing => "tracing",
+            Class::Export => "export",
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A scan that could not start within the queueing budget.
+    Overloaded,
+    /// A lower class, refused to keep the room for scans.
+    Shed,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Overloaded => "overloaded",
+            Refusal::Shed => "shed",
+        }
+    }
+
+    /// The message of the 503.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::Overloaded => "overloaded: the scan could not start within the queueing budget; retry",
+            Refusal::Shed => "shed: scans come first while the gateway is busy; retry later",
+        }
+    }
+}
+
+pub use crate::operations::config::AdmissionSettings;
+
+/// Holding one is doing the work of one admitted request.
+#[must_use = "the slot is free again when dropped"]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    in_flight: IntGauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
+}
+
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    settings: AdmissionSettings,
+    /// Lower classes are admitted only while fewer slots than this are
+    /// taken.
+    lower_limit: usize,
+    /// Scans waiting for a slot right now.
+    waiting_scans: AtomicUsize,
+    /// How late the runtime ran lately, in microseconds (see the module).
+    lag_us: AtomicU64,
+    metrics: AdmissionMetrics,
+}
+
+struct AdmissionMetrics {
+    /// By class: scans are refused `overloaded`, the rest `shed`.
+    refused: [IntCounter; 6],
+    in_flight: IntGauge,
+    lag: prometheus::Gauge,
+}
+
+impl Admission {
+    pub fn new(settings: AdmissionSettings, registry: &Registry) -> prometheus::Result<Admission> {
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "healthgate_refused_requests_total",
+                "Requests refused by priority admission, by class and reason (overloaded: a scan past the queueing \
+                 budget; shed: a lower class kept out for scans).",
+            ),
+            &["class", "reason"],
+        )?;
+        let in_flight = IntGauge::new("healthgate_in_flight_requests", "Admitted requests doing their work now.")?;
+        let lag = prometheus::Gauge::new(
+            "healthgate_scheduling_lag_seconds",
+            "How late the runtime ran lately: the queueing a request arriving now would see.",
+        )?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        let slots = settings.max_in_flight.max(1);
+        Ok(Admission {
+            slots: Arc::new(Semaphore::new(slots)),
+            settings,
+            lower_limit: slots.div_ceil(2),
+            waiting_scans: AtomicUsize::new(0),
+            lag_us: AtomicU64::new(0),
+            metrics: AdmissionMetrics {
+                refused: Class::ALL.map(|c| {
+                    let reason = if c == Class::Scan { Refusal::Overloaded } else { Refusal::Shed };
+                    refused.with_label_values(&[c.as_str(), reason.as_str()])
+                }),
+                in_flight,
+                lag,
+            },
+        })
+    }
+
+    pub fn settings(&self) -> AdmissionSettings {
+        self.settings
+    }
+
+    fn taken(&self) -> usize {
+        self.settings.max_in_flight.max(1) - self.slots.available_permits()
+    }
+
+    /// How late the runtime runs, counted only while admitted work is in
+    /// flight: with nothing in flight the lateness is not this gateway's
+    /// own queue (another process, a paused machine) and refusing would
+    /// not shorten it.
+    fn lag(&self) -> Duration {
+        if self.taken() == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
+    }
+
+    /// Admits a request of `class` (a scan may wait up to the budget), or
+    /// says why not. The refusal is counted here.
+    pub async fn admit(&self, class: Class) -> Result<Slot, Refusal> {
+        let admitted = match class {
+            Class::Scan => self.admit_scan().await,
+            _ => self.admit_lower(),
+        };
+        match admitted {
+            Some(permit) => {
+                self.metrics.in_flight.inc();
+                Ok(Slot { _permit: permit, in_flight: self.metrics.in_flight.clone() })
+            }
+            None => {
+                self.metrics.refused[class as usize].inc();
+                Err(if class == Class::Scan { Refusal::Overloaded } else { Refusal::Shed })
+            }
+        }
+    }
+
+    async fn admit_scan(&self) -> Option<OwnedSemaphorePermit> {
+        let budget = self.settings.scan_queue_budget;
+        // Already running later than the budget: whatever slot it got, the
+        // answer would come late. Refuse now, cheaply.
+        if self.lag() > budget {
+            return None;
+        }
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if budget.is_zero() {
+            return None;
+        }
+        self.waiting_scans.fetch_add(1, Ordering::Relaxed);
+        let waited = tokio::time::timeout(budget, self.slots.clone().acquire_owned()).await;
+        self.waiting_scans.fetch_sub(1, Ordering::Relaxed);
+        waited.ok()?.ok()
+    }
+
+    fn admit_lower(&self) -> Option<OwnedSemaphorePermit> {
+        if self.waiting_scans.load(Ordering::Relaxed) > 0
+            || self.taken() >= self.lower_limit
+            || self.lag() > self.settings.scan_queue_budget / 2
+        {
+            return None;
+        }
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Measures how late the runtime runs, until dropped (the server runs it
+    /// as a task). The figure kept is the least lateness of the last
+    /// [`PROBE_WINDOW`] ticks: overload makes every tick late, while one
+    /// stall (a burst of work, a pause of the machine) makes one tick late
+    /// and must not shed anything after it has passed.
+    pub async fn probe(&self) {
+        let mut window = [0u64; PROBE_WINDOW];
+        for i in (0..PROBE_WINDOW).cycle() {
+            let due = Instant::now() + PROBE_TICK;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+            // tokio's timer has millisecond resolution: up to a tick late
+            // is the timer, not queueing.
+            let late = Instant::now().saturating_duration_since(due).saturating_sub(PROBE_TICK);
+            window[i] = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+            let lag = window.iter().copied().min().unwrap_or(0);
+            self.lag_us.store(lag, Ordering::Relaxed);
+            self.metrics.lag.set(lag as f64 / 1e6);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max_in_flight: usize, budget_ms: u64) -> Admission {
+        let settings = AdmissionSettings { max_in_flight, scan_queue_budget: Duration::from_millis(budget_ms) };
+        Admission::new(settings, &Registry::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lower_classes_go_first_and_scans_wait_only_the_budget() {
+        let a = admission(2, 200);
+        // One slot taken: scans still come in, lower classes are shed.
+        let held = a.admit(Class::Scan).await.unwrap();
+        for c in &Class::ALL[1..] {
+            assert_eq!(a.admit(*c).await.err(), Some(Refusal::Shed), "{c:?}");
+        }
+        let second = a.admit(Class::Scan).await.unwrap();
+        // Full: a scan waits the budget, then is refused overloaded.
+        assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::Overloaded));
+        // A slot freed while a scan waits goes to it, and lower classes
+        // are shed while it waits, though a slot is about to be free.
+        let (waited, shed) = tokio::join!(a.admit(Class::Scan), async {
+            let shed = a.admit(Class::Checkin).await.err();
+            drop(second);
+            shed
+        });
+        assert!(waited.is_ok());
+        assert_eq!(shed, Some(Refusal::Shed));
+        drop(waited);
+        drop(held);
+        // Idle again: every class is admitted.
+        for c in Class::ALL {
+            assert!(a.admit(c).await.is_ok(), "{c:?}");
+        }
+        assert_eq!(a.metrics.refused[Class::Scan as usize].get(), 1);
+        assert_eq!(a.metrics.refused[Class::Checkin as usize].get(), 2);
+        assert_eq!(a.metrics.in_flight.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_late_runtime_refuses_scans_at_once_while_work_is_in_flight() {
+        let a = admission(8, 2);
+        a.lag_us.store(3_000, Ordering::Relaxed);
+        // Nothing in flight: the lateness is not ours.
+        let first = a.admit(Class::Status).await.unwrap();
+        assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::Overloaded));
+        assert_eq!(a.admit(Class::Status).await.err(), Some(Refusal::Shed));
+        // Between half the budget and the budget: scans only.
+        a.lag_us.store(1_500, Ordering::Relaxed);
+        assert!(a.admit(Class::Scan).await.is_ok());
+        assert_eq!(a.admit(Class::Export).await.err(), Some(Refusal::Shed));
+        drop(first);
+    }
+}

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Overload benchmark, one run: does the gateway hold the gate when asked for
+# more than it can do?
+#
+#   1. Finds the 1x rate: a step ramp of scans on CONNECTIONS connections;
+#      the highest step whose p99 stays under SLO (or RATE1 if given).
+#   2. For 1x, 2x and 4x that rate, DURATION seconds each, at once:
+#        - constant open-loop scans (default case mix, every answer checked)
+#          on CONNECTIONS connections;
+#        - holder lookups at LOOKUP_RATE/s on 16 connections;
+#        - a tracing query (the last second at one checkpoint) every
+#          TRACE_EVERY seconds on the admin listener;
+#        - GET /readyz on the admin listener every 0.1 s, timed.
+#   3. Right after each: how long the last answers took to drain, and a
+#      light probe (200 scans/s for 2 s): recovery.
+# Each run gets a fresh demo gateway, so no run inherits another's state.
+#
+# Reports for admitted scans (answered 200) the achieved rate and
+# p50/p99/p99.9 from the intended send time; refused scans by reason, and
+# the gateway's refusals by class (healthgate_refused_requests_total,
+# scraped before and after); lookups' and tracing's answers by status;
+# the admin /readyz latency; the drain and the probe after the load.
+#
+# Settings (environment): DURATION=10 CONNECTIONS=2000 SIZE=100000 SLO=5ms
+# RATE1=<found by the ramp> LOOKUP_RATE=500 TRACE_EVERY=0.2 THREADS=<CPUs>
+# KEEP=1 (keep the work folder with every JSON summary); BUILD=0 uses the
+# release binaries already built instead of building them first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-2000}
+SIZE=${SIZE:-100000}
+SLO=${SLO:-5ms}
+RATE1=${RATE1:-}
+LOOKUP_RATE=${LOOKUP_RATE:-500}
+TRACE_EVERY=${TRACE_EVERY:-0.2}
+THREADS=${THREADS:-$(nproc)}
+# Every token of a run is signed before its clock starts.
+SIGN_AHEAD=${SIGN_AHEAD:-2000000}
+
+for tool in jq curl; do command -v "$tool" >/dev/null || { echo "bench-overload needs $tool" >&2; exit 1; }; done
+
+[ "${BUILD:-1}" = 0 ] || cargo build --release -p healthgate -p healthgate-loadgen
+BIN=${CARGO_TARGET_DIR:-target}/release
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/healthgate-overload.XXXXXX")
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "${KEEP:-0}" = 1 ]; then echo "results kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+# Starts a fresh demo gateway (a new population: no state left by an
+# earlier run, whose refused `out`s would leave holders inside for the next
+# run's anti-passback); stops the previous one by its pid.
+DEMO=
+start_demo() {
+  if [ -n "$DEMO" ]; then
+    kill "$DEMO" 2>/dev/null || true
+    wait "$DEMO" 2>/dev/null || true
+  fi
+  echo "starting a demo gateway (population $SIZE)" >&2
+  rm -f "$WORK/demo/env.json"
+  "$BIN/healthgate" demo --dir "$WORK/demo" --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 \
+    >"$WORK/demo.log" 2>&1 &
+  DEMO=$!
+  PIDS+=("$DEMO")
+  ENV=$WORK/demo/env.json
+  for _ in $(seq 600); do
+    [ -f "$ENV" ] && break
+    kill -0 "$DEMO" 2>/dev/null || { cat "$WORK/demo.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -f "$ENV" ] || { echo "no $ENV after 60 s" >&2; exit 1; }
+  ADMIN=$(jq -r .admin_url "$ENV")
+  AUTHORITY=$(jq -r .api_keys.authority "$ENV")
+  CHECKPOINT=$(jq -r '.checkpoints.metro[0]' "$ENV")
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "$ADMIN/readyz")" = 200 ]; do
+    kill -0 "$DEMO" 2>/dev/null || { cat "$WORK/demo.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "gateway ready: $(jq -r .public_url "$ENV")" >&2
+}
+
+# loadgen NAME ARGS...: one run, JSON summary in $WORK/NAME.json.
+loadgen() {
+  local name=$1
+  shift
+  echo "run $name: healthgate-loadgen $*" >&2
+  local rc=0
+  "$BIN/healthgate-loadgen" --env "$ENV" --threads "$THREADS" --json -q --max-errors 1000000000 "$@" \
+    >"$WORK/$name.json" 2>"$WORK/$name.log" || rc=$?
+  if [ ! -s "$WORK/$name.json" ]; then
+    echo "run $name failed (exit $rc):" >&2
+    cat "$WORK/$name.log" >&2
+    exit 1
+  fi
+}
+
+# The gateway's refusals by class and reason, as "class/reason count" lines.
+refusals() {
+  curl -s "$ADMIN/metrics" | awk -F'[{}", ]+' '/^healthgate_refused_requests_total\{/ {
+    for (i = 2; i < NF; i += 2) { if ($i == "class=") c = $(i + 1); if ($i == "reason=") r = $(i + 1) }
+    print c "/" r, $NF }' | sort
+}
+
+# Timed GETs every $3 seconds until $4 (epoch seconds): "status seconds" lines.
+poll() {
+  local url=$1 out=$2 every=$3 until=$4 auth=${5:-}
+  while [ "$(date +%s)" -lt "$until" ]; do
+    curl -s -o /dev/null -m 10 ${auth:+-H "authorization: Bearer $auth"} -w '%{http_code} %{time_total}\n' \
+      "$url" >>"$out" || echo "000 10" >>"$out"
+    sleep "$every"
+  done
+}
+
+# p50 p99 max (ms) of the second column of a poll file.
+times() {
+  awk '{ print $2 * 1000 }' "$1" | sort -n | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "n/a n/a n/a"; exit }
+    i50 = int(NR * 0.5); if (i50 < 1) i50 = 1; i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
+    printf "%.1f %.1f %.1f\n", v[i50], v[i99], v[NR] }'
+}
+# "status count" pairs of a poll file, one line.
+codes() { awk '{ n[$1]++ } END { for (c in n) printf "%s:%d ", c, n[c] }' "$1"; }
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+if [ -z "$RATE1" ]; then
+  start_demo
+  loadgen ramp --ramp 1000..24000 --step x1.25 --step-duration 2s --slo-p99 "$SLO" --connections "$CONNECTIONS" \
+    --max-backlog 20000 --sign-ahead "$SIGN_AHEAD" --case-seed 11
+  RATE1=$(jq -r '(.slo.max_rate // 1000) | floor' "$WORK/ramp.json")
+  echo "1x rate (p99 under $SLO): $RATE1/s" >&2
+  sleep 2
+fi
+
+for m in 1 2 4; do
+  rate=$((RATE1 * m))
+  start_demo
+  refusals >"$WORK/refused-before-$m.txt"
+  end=$(($(date +%s) + DURATION + 5))
+  : >"$WORK/readyz-$m.txt"
+  : >"$WORK/trace-$m.txt"
+  poll "$ADMIN/readyz" "$WORK/readyz-$m.txt" 0.1 "$end" &
+  PIDS+=($!)
+  readyz=$!
+  (
+    while [ "$(date +%s)" -lt "$end" ]; do
+      from=$(date -u -d '-1 sec' +%Y-%m-%dT%H:%M:%SZ)
+      curl -s -o /dev/null -m 10 -H "authorization: Bearer $AUTHORITY" -w '%{http_code} %{time_total}\n' \
+        "$ADMIN/v1/admin/visits?checkpoint=$CHECKPOINT&from=$from" >>"$WORK/trace-$m.txt" || echo "000 10" >>"$WORK/trace-$m.txt"
+      sleep "$TRACE_EVERY"
+    done
+  ) &
+  PIDS+=($!)
+  tracing=$!
+  loadgen "lookup-$m" --target lookup --rate "$LOOKUP_RATE" --duration "$((DURATION + 4))s" --connections 16 &
+  PIDS+=($!)
+  lookups=$!
+  sleep 2
+  loadgen "scan-$m" --rate "$rate" --duration "${DURATION}s" --connections "$CONNECTIONS" \
+    --sign-ahead "$SIGN_AHEAD" --max-backlog 1000000 --case-seed $((20 + m))
+  # Recovery: the moment the scans' run returned (its answers drained), a
+  # light probe.
+  loadgen "probe-$m" --rate 200 --duration 2s --connections 16 --case-seed $((30 + m))
+  wait "$lookups" "$readyz" "$tracing" || true
+  refusals >"$WORK/refused-after-$m.txt"
+  sleep 2
+done
+
+ms() { awk -v u="$1" 'BEGIN { if (u == "null" || u == "") print "n/a"; else printf "%.2f", u / 1000 }'; }
+echo
+echo "== healthgate overload benchmark: $(nproc) CPUs (shared machine: load average before the run $LOAD_BEFORE)," \
+  "$CONNECTIONS connections, ${DURATION} s a step"
+echo "1x = $RATE1 scans/s (the highest ramp step with p99 under $SLO${RATE1:+, or RATE1})"
+printf "%-4s %8s %9s %8s %8s %8s %9s %9s %8s %8s %9s %9s\n" step asked/s admitted/s p50ms p99ms p99.9ms \
+  overloaded timeouts mismatch drain_s probe_p99 probe_503
+for m in 1 2 4; do
+  f=$WORK/scan-$m.json
+  p=$WORK/probe-$m.json
+  read -r asked ok p50 p99 p999 over tout mism drain < <(jq -r '[.asked_rate, ((.statuses["200"] // 0) / .duration_s),
+    .status_latency_us["200"].p50_us, .status_latency_us["200"].p99_us, .status_latency_us["200"].p999_us,
+    (.statuses["503"] // 0), .errors.timeout, .mismatches, .drain_s] | @tsv' "$f")
+  read -r pp99 p503 < <(jq -r '[.latency_us.p99_us, (.statuses["503"] // 0)] | @tsv' "$p")
+  printf "%-4s %8.0f %9.0f %8s %8s %8s %9s %9s %8s %8.2f %9s %9s\n" "${m}x" "$asked" "$ok" "$(ms "$p50")" \
+    "$(ms "$p99")" "$(ms "$p999")" "$over" "$tout" "$mism" "$drain" "$(ms "$pp99")" "$p503"
+done
+echo
+echo "refusals counted by the gateway during each step (class/reason: count):"
+for m in 1 2 4; do
+  line=$(join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/refused-before-$m.txt" "$WORK/refused-after-$m.txt" 2>/dev/null |
+    awk '{ d = $3 - $2; if (d > 0) printf "%s:%d ", $1, d }')
+  echo "  ${m}x: ${line:-none}"
+done
+echo
+echo "beside the scans (lookups ${LOOKUP_RATE}/s; tracing every ${TRACE_EVERY} s; admin /readyz every 0.1 s):"
+printf "%-4s %-28s %-28s %-26s\n" step "lookups by status" "tracing by status" "readyz p50/p99/max ms"
+for m in 1 2 4; do
+  lk=$(jq -r '.statuses | to_entries | map("\(.key):\(.value)") | join(" ")' "$WORK/lookup-$m.json")
+  read -r r50 r99 rmax < <(times "$WORK/readyz-$m.txt")
+  printf "%-4s %-28s %-28s %-26s\n" "${m}x" "$lk" "$(codes "$WORK/trace-$m.txt")" "$r50/$r99/$rmax"
+done
