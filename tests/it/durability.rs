@@ -370,3 +370,68 @@ async fn a_damaged_tracing_index_is_rebuilt_from_the_log() {
         }
     }
 }
+
+/// A tracing query must see every scan acknowledged before it: while the
+/// index is held behind the log it answers 503 with how far behind it is
+/// (as docs/openapi.yaml documents), never a short 200, and once the index
+/// catches up the same query answers with the scan.
+#[tokio::test]
+async fn a_tracing_query_the_index_cannot_answer_completely_is_refused_until_it_catches_up() {
+    let t = TestGateway::start().await;
+    let a = t.holder("green", 0);
+    assert_eq!(t.scan(&t.code(a), "wuhan-metro-hankou-1", "in", None).await.decision, "pass");
+    let by_holder = format!("/v1/admin/holders/{a}/visits");
+    // Let the index take in the first scan (seen on its lag gauge, not
+    // through the query under test).
+    let mut rounds = 0;
+    while !t.metrics().await.contains("healthgate_index_lag_records 0\n") {
+        rounds += 1;
+        assert!(rounds < 600, "the index never caught up with one scan");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // The indexer inserts nothing while held; the scan is still acknowledged
+    // (the index is not on the acknowledgement path).
+    let hold = t.gw.hold_indexing().expect("strict logging has an indexer");
+    assert_eq!(t.scan(&t.code(a), "wuhan-rail-hankou", "in", Some(36.5)).await.decision, "pass");
+
+    for path in [by_holder.as_str(), "/v1/admin/visits?checkpoint=wuhan-rail-hankou"] {
+        let (s, lines) = t.admin_lines(path).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{path}: {lines:?}");
+        // The documented `Error` body: one `error` string, saying how far behind.
+        let body = lines[0].as_object().expect("a JSON object");
+        assert_eq!(body.keys().collect::<Vec<_>>(), ["error"], "{body:?}");
+        let reason = body["error"].as_str().unwrap();
+        let behind: u64 = reason
+            .strip_prefix("tracing index is ")
+            .and_then(|r| r.split_once(" records behind the log"))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("{path}: reason without the lag: {reason}"));
+        assert!(behind >= 1, "{reason}");
+        let gauge = format!("healthgate_index_lag_records {behind}\n");
+        assert!(t.metrics().await.contains(&gauge), "{path}: the lag gauge agrees with the reason {reason}");
+    }
+    // docs/openapi.yaml documents this 503 on both tracing operations.
+    let spec = std::fs::read_to_string(healthgate_tests::tools::workspace_root().join("docs/openapi.yaml")).unwrap();
+    for op in ["operationId: visitsByCheckpoint", "operationId: visitsByHolder"] {
+        let rest = &spec[spec.find(op).unwrap_or_else(|| panic!("{op}"))..];
+        let responses = &rest[..rest[1..].find("operationId:").unwrap_or(rest.len() - 1) + 1];
+        assert!(
+            responses.contains(r##""503": { $ref: "#/components/responses/IndexUnavailable" }"##),
+            "{op} documents no 503"
+        );
+    }
+    assert!(spec.contains("still behind"), "IndexUnavailable explains the lag");
+
+    // Released: the same queries answer with the scan.
+    drop(hold);
+    let (s, lines) = t.admin_lines(&by_holder).await;
+    assert_eq!(s, StatusCode::OK, "{lines:?}");
+    let places: Vec<_> = lines.iter().map(|v| v["checkpoint"].as_str().unwrap()).collect();
+    assert_eq!(places, ["wuhan-metro-hankou-1", "wuhan-rail-hankou"]);
+    let (s, lines) = t.admin_lines("/v1/admin/visits?checkpoint=wuhan-rail-hankou").await;
+    assert_eq!((s, lines.len()), (StatusCode::OK, 1), "{lines:?}");
+    assert_eq!(lines[0]["holder"], a.to_hex());
+    assert!(t.metrics().await.contains("healthgate_index_lag_records 0\n"));
+    t.shutdown().await.unwrap();
+}

@@ -60,6 +60,41 @@ pub struct Indexer {
     /// Highest LSN whose visit is in the index, as a watch: a tracing query
     /// waits on it.
     indexed: tokio::sync::watch::Sender<u64>,
+    /// Test seam: see [`Indexer::hold`].
+    gate: Arc<Gate>,
+}
+
+/// Holds the indexer thread before its next insert while closed (a test
+/// seam: nothing in the product closes it, and no route reaches it).
+#[derive(Default)]
+struct Gate {
+    held: Mutex<usize>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn wait_open(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while *held > 0 {
+            held = self.opened.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// While this is alive the indexer inserts nothing more: the index falls
+/// behind the log. Dropping it lets the indexer go on. Test seam only.
+#[doc(hidden)]
+#[must_use = "the indexer is held only while this lives"]
+pub struct IndexHold(Arc<Gate>);
+
+impl Drop for IndexHold {
+    fn drop(&mut self) {
+        let mut held = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
+        *held -= 1;
+        if *held == 0 {
+            self.0.opened.notify_all();
+        }
+    }
 }
 
 /// Statistics the log writer reports per batch.
@@ -141,15 +176,18 @@ impl Indexer {
         let failed = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared { queued: AtomicUsize::new(0), durable: AtomicU64::new(indexed_lsn) });
         let (tx, rx) = std::sync::mpsc::sync_channel(4096);
+        let gate = Arc::new(Gate::default());
         let thread = {
             let (index, indexed, failed, shared) = (index.clone(), indexed.clone(), failed.clone(), shared.clone());
+            let gate = gate.clone();
             std::thread::Builder::new().name("healthgate-index".into()).spawn(move || {
                 // Off the acknowledgement path: yield the CPU to scans.
                 wal::set_thread_nice(10);
-                index_loop(&index, &indexed, &failed, &shared, &*log, rx)
+                index_loop(&index, &indexed, &failed, &shared, &gate, &*log, rx)
             })?
         };
-        let indexer = Indexer { index: Mutex::new(Some(index)), thread: Mutex::new(Some(thread)), failed, indexed };
+        let indexer =
+            Indexer { index: Mutex::new(Some(index)), thread: Mutex::new(Some(thread)), failed, indexed, gate };
         Ok((indexer, Feeder { tx, shared, metrics, max_queued: MAX_QUEUED_VISITS }))
     }
 
@@ -168,6 +206,16 @@ impl Indexer {
     /// A watch on the indexed position.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.indexed.subscribe()
+    }
+
+    /// Test seam: the indexer inserts nothing more (and the indexed
+    /// position stays put) until the returned hold is dropped, so that a
+    /// test can make the index fall behind the log for real. Not reachable
+    /// from the network. A hold must be dropped before the gateway stops.
+    #[doc(hidden)]
+    pub fn hold(&self) -> IndexHold {
+        *self.gate.held.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        IndexHold(self.gate.clone())
     }
 
     pub fn has_failed(&self) -> bool {
@@ -189,11 +237,13 @@ fn index_loop(
     indexed: &tokio::sync::watch::Sender<u64>,
     failed: &AtomicBool,
     shared: &Shared,
+    gate: &Gate,
     log: &dyn Storage,
     rx: Receiver<Batch>,
 ) {
     let mut at = *indexed.borrow();
     let insert = |visits: &[Visit], last: u64, at: &mut u64| -> bool {
+        gate.wait_open();
         if let Err(e) = index.insert(visits) {
             tracing::error!(error = %e, "tracing index insert failed; indexing stops until the next start, which catches up from the log");
             return false;

@@ -309,6 +309,15 @@ impl Gateway {
         }
     }
 
+    /// Test seam: holds the tracing indexer (see
+    /// [`crate::durability::indexer::Indexer::hold`]) so that a test can
+    /// put the index behind the log; `None` when logging is off. Not
+    /// reachable from the network.
+    #[doc(hidden)]
+    pub fn hold_indexing(&self) -> Option<crate::durability::indexer::IndexHold> {
+        Some(self.durable.get()?.indexer.hold())
+    }
+
     /// The log's and the index's gauges, read at scrape time.
     pub(crate) fn refresh_durability_gauges(&self) {
         let m = self.metrics();
