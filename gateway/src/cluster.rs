@@ -212,7 +212,15 @@ impl Cluster {
         // hold batches after the saved order position: go back, the stream
         // re-applies them in their place.
         gw.set_feed_seq(saved.feed_seq);
-        let remote = records::open_remote_indexes(data_dir, &settings.node)?;
+        let (remote, damaged) = records::open_remote_indexes(data_dir, &settings.node)?;
+        let records_from = match damaged {
+            0 => saved.records,
+            // Reading the records stream again from its start rebuilds them.
+            n => {
+                gw.metrics().index_rebuilds.inc_by(n);
+                0
+            }
+        };
         let metrics = ClusterMetrics::new(gw.registry())?;
         let cluster = Arc::new(Cluster {
             settings: settings.clone(),
@@ -223,7 +231,7 @@ impl Cluster {
             order_applied: watch::Sender::new(saved.order),
             outcomes: Mutex::new(BTreeMap::new()),
             recent_batches: Mutex::new(std::collections::VecDeque::new()),
-            records_pos: AtomicU64::new(saved.records),
+            records_pos: AtomicU64::new(records_from),
             start_targets: (order_end, records_end),
             caught_up: AtomicBool::new(false),
             freshness: Mutex::new([Freshness::default(); 2]),

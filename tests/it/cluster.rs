@@ -255,6 +255,48 @@ async fn a_restarted_replica_and_a_late_joiner_converge() {
     assert_eq!(lines.len(), 30, "{lines:?}");
 }
 
+/// Regression: a replica killed while it created another replica's tracing
+/// index left a file that could not be opened, and it refused to start
+/// ("tracing index of node b: ... invalid data"). The damaged index is set
+/// aside and rebuilt by reading the records stream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_remote_tracing_index_is_set_aside_and_rebuilt_from_the_records_stream() {
+    let nats = NatsServer::start();
+    let d = Deployment::new();
+    let a = d.replica("a", &nats).await;
+    let b = d.replica("b", &nats).await;
+    let metro = a.checkpoint("metro").to_owned();
+    for h in a.greens(12) {
+        a.scan(&a.code(h), &metro, "in", None).await;
+    }
+    let query = format!("/v1/admin/visits?checkpoint={metro}");
+    eventually("b answers for a's scans", || async { b.admin_lines(&query).await.1.len() == 12 }).await;
+    let b = b
+        .restart_after(|dir| {
+            let index = dir.join("data/cluster/visits-a.redb");
+            assert!(index.exists(), "b keeps a's registrations in {}", index.display());
+            std::fs::write(&index, b"not a redb file: torn at creation").unwrap();
+        })
+        .await;
+    eventually("b rebuilt a's index from the stream", || async {
+        let (s, lines) = b.admin_lines(&query).await;
+        s == StatusCode::OK && lines.len() == 12
+    })
+    .await;
+    let aside = std::fs::read_dir(b.dir.path().join("data/cluster"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("visits-a.redb.damaged-"));
+    assert!(aside, "the damaged index is kept aside for a look");
+    let rebuilds = b
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("healthgate_index_rebuilds_total ").map(|v| v.trim().parse::<f64>().unwrap()));
+    assert_eq!(rebuilds, Some(1.0));
+    converge(&[&a, &b]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_keep_serving_while_nats_is_away_and_converge_after() {
     let mut nats = NatsServer::start();

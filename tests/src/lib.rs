@@ -134,6 +134,15 @@ impl TestGateway {
         Self::launch(dir, env, clock, disk).await
     }
 
+    /// Like [`TestGateway::restart`], with `between` done to the gateway's
+    /// folder while it is down (e.g. to damage a file).
+    pub async fn restart_after(mut self, between: impl FnOnce(&std::path::Path)) -> TestGateway {
+        let (dir, env, clock, disk) = self.take_parts().await;
+        drop(self);
+        between(dir.path());
+        Self::launch(dir, env, clock, disk).await
+    }
+
     /// Like [`TestGateway::restart`], but the snapshot is removed first, so
     /// the new gateway rebuilds everything from the population and the log.
     pub async fn restart_from_log(mut self) -> TestGateway {

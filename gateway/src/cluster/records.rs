@@ -34,19 +34,53 @@ pub fn open_remote_index(data_dir: &Path, node: &str) -> Result<VisitIndex, Clus
         .map_err(|e| ClusterError::Index { node: node.into(), why: e.to_string() })
 }
 
-/// Opens the remote indexes found on disk (other nodes' only).
-pub fn open_remote_indexes(data_dir: &Path, me: &str) -> Result<HashMap<String, Arc<VisitIndex>>, ClusterError> {
+/// Opens the remote indexes found on disk (other nodes' only), and says
+/// how many were damaged. A damaged one (it fails to open or to be read,
+/// as after a SIGKILL in the middle of creating it) must not stop the
+/// replica: it is set aside as `visits-<node>.redb.damaged-<unix time>`
+/// with a warning and opened anew, and the caller reads the records stream
+/// again from its start, which fills it again (merging is idempotent and
+/// an index skips what it holds).
+pub fn open_remote_indexes(data_dir: &Path, me: &str) -> Result<(HashMap<String, Arc<VisitIndex>>, u64), ClusterError> {
     let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir(data_dir.join("cluster")) else { return Ok(out) };
+    let mut damaged = 0;
+    let Ok(dir) = std::fs::read_dir(data_dir.join("cluster")) else { return Ok((out, damaged)) };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(node) = name.strip_prefix("visits-").and_then(|n| n.strip_suffix(".redb")) {
-            if node != me {
-                out.insert(node.to_owned(), Arc::new(open_remote_index(data_dir, node)?));
-            }
+        let Some(node) = name.strip_prefix("visits-").and_then(|n| n.strip_suffix(".redb")) else { continue };
+        if node == me {
+            continue;
         }
+        let index = match open_checked(data_dir, node) {
+            Ok(index) => index,
+            Err(e) => {
+                let path = index_path(data_dir, node);
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let aside = path.with_extension(format!("redb.damaged-{at}"));
+                std::fs::rename(&path, &aside)
+                    .map_err(|e| ClusterError::Index { node: node.into(), why: format!("setting it aside: {e}") })?;
+                ::tracing::warn!(
+                    node, error = %e, moved_to = %aside.display(),
+                    "a remote tracing index is damaged: set aside, reading the records stream again to rebuild it"
+                );
+                damaged += 1;
+                open_remote_index(data_dir, node)?
+            }
+        };
+        out.insert(node.to_owned(), Arc::new(index));
     }
-    Ok(out)
+    Ok((out, damaged))
+}
+
+/// Opens a remote index and reads it once; redb may panic on damage its
+/// checksums do not cover, which counts as damage here.
+fn open_checked(data_dir: &Path, node: &str) -> Result<VisitIndex, ClusterError> {
+    std::panic::catch_unwind(|| {
+        let index = open_remote_index(data_dir, node)?;
+        index.indexed_lsn().map_err(|e| ClusterError::Index { node: node.into(), why: e.to_string() })?;
+        Ok(index)
+    })
+    .unwrap_or_else(|_| Err(ClusterError::Index { node: node.into(), why: "the index panicked while opening".into() }))
 }
 
 /// The records a message carries; `None` when one does not check or the
