@@ -16,4 +16,4 @@ cargo build -q -p healthgate -p healthgate-loadgen --bins
 export HG_CLUSTER_SOAK_SECONDS=$secs
 if [ -n "${2:-}" ]; then export HG_CLUSTER_SOAK_SEED=$2; fi
 exec cargo test -q -p healthgate-tests --test it \
-    cluster_faults::three_replicas_under_mixed_load_and_random_kills_converge -- --exact --nocapture
+    cluster_faults::three_replicas_under_mixed_load_and_random_kills_converge -- --exact --include-ignored --nocapture
