@@ -13,6 +13,7 @@ command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)            # package content
 # schemathesis runs in a virtualenv made below
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server) # replica tests (docs/CLUSTER.md)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)             # network namespaces for the partition tests
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
