@@ -11,10 +11,10 @@ use healthgate::operations::auth::Role;
 use healthgate::operations::demo::{DemoOptions, Env};
 use healthgate::{Color, HolderId};
 use healthgate_tests::nats::NatsServer;
+use healthgate_tests::replicas::copy_tree;
 use healthgate_tests::TestGateway;
 use http::StatusCode;
 use serde_json::Value;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// One demo deployment that every replica copies (same keys, trust list,
@@ -23,22 +23,6 @@ struct Deployment {
     base: tempfile::TempDir,
     env: Env,
     clock: ManualClock,
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
-        let name = e.file_name();
-        if name == "data" {
-            continue;
-        }
-        let (src, dst) = (e.path(), to.join(&name));
-        if e.file_type().expect("type").is_dir() {
-            copy_tree(&src, &dst);
-        } else {
-            std::fs::copy(&src, &dst).expect("copy");
-        }
-    }
 }
 
 impl Deployment {

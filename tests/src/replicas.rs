@@ -92,7 +92,8 @@ pub struct Deployment {
     pub env: Env,
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+/// Copies a deployment's folder, all but its `data` (each replica's own).
+pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read_dir").flatten() {
         let name = e.file_name();
