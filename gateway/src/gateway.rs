@@ -132,7 +132,8 @@ pub struct Gateway {
     certificates: Option<Arc<Certificates>>,
     /// Where `metrics` is registered; passed in, never global.
     registry: prometheus::Registry,
-    /// False until the state file is loaded.
+    /// False until the state is recovered (and a replica has joined its
+    /// cluster): scans, check-ins and authority batches are refused (503).
     loaded: AtomicBool,
     /// True once shutdown began: readiness goes 503 so balancers move away.
     draining: AtomicBool,

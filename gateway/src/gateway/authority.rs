@@ -45,6 +45,7 @@ impl Gateway {
     /// Applies a signed batch of colour changes, all or nothing, and
     /// answers once it is durable. Returns the new epoch.
     pub async fn apply_updates(&self, batch: &UpdateBatch) -> Result<u64, FeedError> {
+        self.taking_batches("updates")?;
         if let Some(r) = self.replica.get() {
             return r.submit(super::replica::AuthorityBatch::Updates(batch.clone())).await;
         }
@@ -62,6 +63,7 @@ impl Gateway {
     /// Applies a signed batch of revocations, all or nothing, and answers
     /// once it is durable. Returns the new epoch.
     pub async fn apply_revocations(&self, batch: &RevocationBatch) -> Result<u64, FeedError> {
+        self.taking_batches("revocations")?;
         if let Some(r) = self.replica.get() {
             return r.submit(super::replica::AuthorityBatch::Revocations(batch.clone())).await;
         }
@@ -73,6 +75,27 @@ impl Gateway {
             })
         });
         self.settle_batch("revocations", logged).await
+    }
+
+    /// A posted batch is taken only once the state is recovered (and, on a
+    /// replica, the replication layer attached; both come before `loaded`).
+    /// Before that the admin listener is already up, but a batch would be
+    /// applied outside the log (nothing durable: lost at the next start, or
+    /// overwritten by the snapshot being loaded) or, on a replica, outside
+    /// the order stream: in force on this replica only, with its sequence
+    /// raised past the stream's batches it has yet to read, which it would
+    /// then refuse as replays while every other replica applies them.
+    fn taking_batches(&self, kind: &str) -> Result<(), FeedError> {
+        let joined = !self.clustered || self.replica.get().is_some();
+        if self.loaded.load(std::sync::atomic::Ordering::Acquire) && joined {
+            return Ok(());
+        }
+        self.metrics().feed_batches.with_label_values(&[kind, "unavailable"]).inc();
+        Err(FeedError::Unavailable(if self.clustered {
+            "not ready: recovering state and joining the cluster; nothing was applied".into()
+        } else {
+            "not ready: recovering state; nothing was applied".into()
+        }))
     }
 
     /// Logs and applies the batch `event` with sequence `seq` if it comes
