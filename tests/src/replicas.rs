@@ -349,9 +349,20 @@ impl Endpoint {
 
     /// `(node, checkpoint, at)` of every registration of `h` in this
     /// replica's cluster-wide tracing answer, sorted.
+    /// A holder's cluster-wide tracing answer. A 503 (the index still
+    /// behind what is durable, or the query shed under load) is an answer
+    /// to ask again, as a client would; `None` if none came within 30 s.
     pub fn visits_of(&self, h: HolderId) -> Option<Vec<(String, String, u64)>> {
-        let mut v: Vec<_> = self
-            .admin_lines(&format!("/v1/admin/holders/{h}/visits"))?
+        let path = format!("/v1/admin/holders/{h}/visits");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let lines = loop {
+            match self.admin_lines(&path) {
+                Some(lines) => break lines,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                None => return None,
+            }
+        };
+        let mut v: Vec<_> = lines
             .into_iter()
             .map(|l| {
                 (
