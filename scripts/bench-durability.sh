@@ -31,14 +31,8 @@ done
 cargo build --release -p healthgate -p healthgate-loadgen
 BIN=${CARGO_TARGET_DIR:-target}/release
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/healthgate-durability.XXXXXX")
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "${KEEP:-0}" = 1 ]; then echo "results kept in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+. scripts/bench-lib.sh
+bench_work durability
 
 json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
 

@@ -60,14 +60,8 @@ fi
 cargo build --release -p healthgate -p healthgate-loadgen -p healthgate-benches
 BIN=${CARGO_TARGET_DIR:-target}/release
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/healthgate-bench.XXXXXX")
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "${KEEP:-0}" = 1 ]; then echo "results kept in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+. scripts/bench-lib.sh
+bench_work bench
 
 # Starts a server that prints "listening on URL"; sets URL.
 start_bare() {

@@ -44,14 +44,8 @@ for tool in jq curl; do command -v "$tool" >/dev/null || { echo "bench-overload 
 [ "${BUILD:-1}" = 0 ] || cargo build --release -p healthgate -p healthgate-loadgen
 BIN=${CARGO_TARGET_DIR:-target}/release
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/healthgate-overload.XXXXXX")
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "${KEEP:-0}" = 1 ]; then echo "results kept in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+. scripts/bench-lib.sh
+bench_work overload
 
 # Starts a fresh demo gateway (a new population: no state left by an
 # earlier run, whose refused `out`s would leave holders inside for the next

@@ -31,14 +31,8 @@ for tool in jq curl; do command -v "$tool" >/dev/null || { echo "needs $tool (ap
 cargo build --release -q -p healthgate -p healthgate-loadgen
 BIN=${CARGO_TARGET_DIR:-target}/release
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/healthgate-tls.XXXXXX")
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "${KEEP:-0}" = 1 ]; then echo "results kept in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+. scripts/bench-lib.sh
+bench_work tls
 
 # start_demo NAME FLAGS...: a demo in $WORK/NAME, ready; its pid in PIDS.
 start_demo() {
