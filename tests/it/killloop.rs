@@ -13,7 +13,7 @@ use healthgate::{Color, HolderId};
 use healthgate_tests::healthgate_bin;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -106,9 +106,9 @@ fn kill_nine_never_loses_an_acknowledgement() {
     eprintln!("kill loop seed {seed}");
     let mut rng = Lcg(seed);
     let acked = Arc::new(Mutex::new(Acked::default()));
-    let next_scan = Arc::new(Mutex::new(0usize));
-    let next_seq = Arc::new(Mutex::new(1u64));
-    let next_checkin = Arc::new(Mutex::new(0usize));
+    let next_scan = Arc::new(AtomicUsize::new(0));
+    let next_seq = Arc::new(AtomicU64::new(1));
+    let next_checkin = Arc::new(AtomicUsize::new(0));
     let mut kills = 0;
     let rounds = rounds();
 
@@ -134,11 +134,7 @@ fn kill_nine_never_loses_an_acknowledgement() {
                     if role == 2 {
                         // A check-in of a holder no scan touches (from the
                         // other end of the greens).
-                        let k = {
-                            let mut k = next_checkin.lock().unwrap();
-                            *k += 1;
-                            *k - 1
-                        };
+                        let k = next_checkin.fetch_add(1, Ordering::Relaxed);
                         let holder = greens[greens.len() - 1 - k];
                         let t = SystemClock.now();
                         let code = Claims {
@@ -161,11 +157,7 @@ fn kill_nine_never_loses_an_acknowledgement() {
                         // Check-ins are rarer than scans.
                         std::thread::sleep(Duration::from_millis(5));
                     } else if role == 1 {
-                        let seq = {
-                            let mut s = next_seq.lock().unwrap();
-                            *s += 1;
-                            *s - 1
-                        };
+                        let seq = next_seq.fetch_add(1, Ordering::Relaxed);
                         let holder = pop.stranger(seq);
                         let b = UpdateBatch {
                             seq,
@@ -184,11 +176,7 @@ fn kill_nine_never_loses_an_acknowledgement() {
                         }
                         std::thread::sleep(Duration::from_millis(2));
                     } else {
-                        let i = {
-                            let mut k = next_scan.lock().unwrap();
-                            *k += 1;
-                            *k - 1
-                        };
+                        let i = next_scan.fetch_add(1, Ordering::Relaxed);
                         let holder = greens[i];
                         let t = SystemClock.now();
                         let code = Claims {
@@ -264,8 +252,8 @@ fn kill_nine_never_loses_an_acknowledgement() {
         assert!(status.contains("\"color\":\"red\""), "{status}");
     }
     // An acknowledged check-in is remembered: a second one today is refused.
-    let scanned = *next_scan.lock().unwrap();
-    let checked = *next_checkin.lock().unwrap();
+    let scanned = next_scan.load(Ordering::Relaxed);
+    let checked = next_checkin.load(Ordering::Relaxed);
     assert!(scanned + checked < greens.len(), "scans and check-ins met in the middle of the greens");
     for h in &acked.checkins {
         let t = SystemClock.now();
