@@ -4,9 +4,11 @@
 # one with `[log] mode = "off"`, loaded in turn at each constant open-loop
 # rate with the demo's case mix, every answer checked by healthgate-loadgen
 # (latency from the intended send time). For the strict gateway the fsync
-# p50/p99 and the mean batch size come from its own /metrics histograms
-# (healthgate_log_fsync_duration_seconds, healthgate_log_batch_records),
-# as differences between a scrape before and after each run.
+# p50/p99, each record's commit wait (append to acknowledgement) and the
+# mean batch size come from its own /metrics histograms
+# (healthgate_log_fsync_duration_seconds, healthgate_log_commit_wait_seconds,
+# healthgate_log_batch_records), as differences between a scrape before and
+# after each run.
 #
 #   scripts/bench-durability.sh
 #   RATES="500 2000 8000 12000" DURATION=4s scripts/bench-durability.sh
@@ -111,7 +113,7 @@ def quantile(q):
         lo, below = le, cum
     return lo
 mean = (s1 - s0) / n if n > 0 else float('nan')
-print(quantile(0.5), quantile(0.99), mean, int(n))
+print(quantile(0.5), quantile(0.99), mean, int(n), quantile(0.999))
 EOF
 }
 
@@ -132,9 +134,10 @@ for rate in $RATES; do
         --connections "$CONNECTIONS" --case-seed "$seed" --json -q >"$out" 2>"$out.err" || status=$?
       if [ "$mode" = strict ]; then
         scrape "$WORK/after.prom"
-        read -r f50 f99 _ _ < <(hist "$WORK/before.prom" "$WORK/after.prom" healthgate_log_fsync_duration_seconds)
-        read -r _ _ bmean batches < <(hist "$WORK/before.prom" "$WORK/after.prom" healthgate_log_batch_records)
-        fs=$(python3 -c "print(f'{$f50*1e3:.3f} / {$f99*1e3:.3f} ms | {$bmean:.2f} ({$batches} batches)')")
+        read -r f50 f99 _ _ _ < <(hist "$WORK/before.prom" "$WORK/after.prom" healthgate_log_fsync_duration_seconds)
+        read -r _ _ bmean batches _ < <(hist "$WORK/before.prom" "$WORK/after.prom" healthgate_log_batch_records)
+        read -r w50 w99 _ _ w999 < <(hist "$WORK/before.prom" "$WORK/after.prom" healthgate_log_commit_wait_seconds)
+        fs=$(python3 -c "print(f'{$f50*1e3:.3f} / {$f99*1e3:.3f} ms | {$w50*1e3:.2f} / {$w99*1e3:.2f} / {$w999*1e3:.2f} ms | {$bmean:.2f} ({$batches} batches)')")
       fi
       errors=$(json "$out" "['errors']['total']")
       mism=$(json "$out" "['mismatches']")
@@ -155,8 +158,8 @@ done
 echo
 echo "strict vs [log] mode = \"off\": $SIZE holders, the demo's case mix, open loop, $DURATION a run, $CONNECTIONS connections, $(nproc) CPUs"
 echo
-echo "| rate | off p50 / p99 / p99.9 | strict p50 / p99 / p99.9 | strict - off p99 | strict - off p99.9 | strict fsync p50 / p99 | mean batch | wrong answers strict / off |"
-echo "| ---: | --- | --- | ---: | ---: | --- | --- | --- |"
+echo "| rate | off p50 / p99 / p99.9 | strict p50 / p99 / p99.9 | strict - off p99 | strict - off p99.9 | strict fsync p50 / p99 | strict commit wait p50 / p99 / p99.9 | mean batch | wrong answers strict / off |"
+echo "| ---: | --- | --- | ---: | ---: | --- | --- | --- | --- |"
 printf '%s\n' "${ROWS[@]}"
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

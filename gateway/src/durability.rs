@@ -3,6 +3,7 @@
 //! through the [`indexer`]. Recovery, snapshots and retention, which need
 //! the gateway, are `gateway::lifecycle`. Nothing here knows the gateway.
 
+pub mod gentle;
 pub mod indexer;
 pub mod state_file;
 pub mod visits;

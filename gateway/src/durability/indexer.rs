@@ -10,6 +10,9 @@
 //! the log files. The indexed position therefore only ever moves over
 //! visits that are in the index.
 //!
+//! Commits are paced ([`COMMIT_INTERVAL`]): batches that arrive within
+//! that time of the last commit are gathered into the next one.
+//!
 //! An insert error stops indexing until the next start (which catches up
 //! from the log), rather than skipping visits: a later successful batch
 //! would move the high-water mark past the failed one and its visits would
@@ -23,10 +26,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most visits inserted in one index transaction.
 pub const INDEX_BATCH: usize = 50_000;
+
+/// Least time between two index commits while visits keep coming: what
+/// arrives meanwhile is gathered into the next commit. Each commit writes
+/// pages of the index file on the log's disk; pacing them keeps that
+/// traffic (and the durable commits it leads to) small beside the log's
+/// fsyncs, at the cost of a tracing query waiting up to this much longer
+/// for the index to reach the log. A lone visit after a quiet spell is
+/// committed at once.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Most visits queued for the indexer; past it the writer drops batches
 /// and the indexer reads them back from the log (about 200 bytes a visit).
@@ -102,6 +114,7 @@ impl Drop for IndexHold {
 pub struct LogMetrics {
     pub batch_records: prometheus::Histogram,
     pub fsync_seconds: prometheus::Histogram,
+    pub commit_wait_seconds: prometheus::Histogram,
 }
 
 /// One durable batch for the indexer: its LSNs and its visits, or `None`
@@ -160,6 +173,9 @@ impl Observer for Feeder {
         self.metrics.batch_records.observe(records as f64);
         self.metrics.fsync_seconds.observe(fsync.as_secs_f64());
     }
+    fn committed(&mut self, waited: Duration) {
+        self.metrics.commit_wait_seconds.observe(waited.as_secs_f64());
+    }
 }
 
 impl Indexer {
@@ -182,7 +198,7 @@ impl Indexer {
             let gate = gate.clone();
             std::thread::Builder::new().name("healthgate-index".into()).spawn(move || {
                 // Off the acknowledgement path: yield the CPU to scans.
-                wal::set_thread_nice(10);
+                wal::set_thread_background();
                 index_loop(&index, &indexed, &failed, &shared, &gate, &*log, rx)
             })?
         };
@@ -263,8 +279,12 @@ fn index_loop(
         }
         true
     };
+    // A batch taken from the queue while gathering that could not join
+    // the commit being gathered (dropped, or after a gap): next in line.
+    let mut next: Option<Batch> = None;
+    let mut last_commit: Option<Instant> = None;
     let ok = loop {
-        let batch = match rx.try_recv() {
+        let batch = match next.take().map_or_else(|| rx.try_recv(), Ok) {
             Ok(b) => b,
             Err(std::sync::mpsc::TryRecvError::Empty) => {
                 // The queue is empty: anything durable beyond what it held
@@ -301,10 +321,41 @@ fn index_loop(
         if batch.first > at + 1 && !fill(batch.first - 1, &mut at) {
             break false;
         }
-        let fresh: Vec<Visit> = visits.into_iter().filter(|v| v.lsn > at).collect();
-        if !insert(&fresh, batch.last, &mut at) {
+        let mut fresh: Vec<Visit> = visits.into_iter().filter(|v| v.lsn > at).collect();
+        let mut last = batch.last;
+        // Gather what follows on directly until the pace allows the next
+        // commit (at once after a quiet spell).
+        let due = last_commit.map(|t| t + COMMIT_INTERVAL);
+        while fresh.len() < INDEX_BATCH {
+            let more = match rx.try_recv() {
+                Ok(b) => b,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    match due.and_then(|d| d.checked_duration_since(Instant::now())) {
+                        Some(left) if !left.is_zero() => match rx.recv_timeout(left) {
+                            Ok(b) => b,
+                            Err(_) => break,
+                        },
+                        _ => break,
+                    }
+                }
+            };
+            match more.visits {
+                Some(v) if more.first == last + 1 => {
+                    shared.queued.fetch_sub(v.len(), Ordering::AcqRel);
+                    fresh.extend(v);
+                    last = more.last;
+                }
+                _ => {
+                    next = Some(more);
+                    break;
+                }
+            }
+        }
+        if !insert(&fresh, last, &mut at) {
             break false;
         }
+        last_commit = Some(Instant::now());
     };
     if !ok {
         failed.store(true, Ordering::Release);
@@ -344,7 +395,7 @@ mod tests {
 
     fn metrics() -> LogMetrics {
         let h = |n: &str| prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(n, n)).unwrap();
-        LogMetrics { batch_records: h("records"), fsync_seconds: h("fsync") }
+        LogMetrics { batch_records: h("records"), fsync_seconds: h("fsync"), commit_wait_seconds: h("wait") }
     }
 
     /// The writer never waits for the indexer: with no room in the queue at

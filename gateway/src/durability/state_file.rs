@@ -20,6 +20,7 @@
 use crate::clock::UnixSecs;
 use crate::codec::TARGET_LEN;
 use crate::color::Color;
+use crate::durability::gentle::GentleFile;
 use crate::feed::{Revocation, Target};
 use crate::holder::HolderId;
 use crate::population::Population;
@@ -107,6 +108,7 @@ fn write_atomic<'a>(
     let io = |source| SnapshotError::Io { path: path.to_owned(), source };
     let tmp = path.with_extension("tmp");
     let file = File::create(&tmp).map_err(io)?;
+    let file = GentleFile::new(file);
     let mut w = CrcWriter { inner: BufWriter::with_capacity(1 << 20, file), crc: crc32fast::Hasher::new() };
     w.write_all(MAGIC).map_err(io)?;
     w.write_all(&VERSION.to_le_bytes()).map_err(io)?;
@@ -145,7 +147,7 @@ fn write_atomic<'a>(
     let crc = w.crc.clone().finalize();
     let mut inner = w.inner;
     inner.write_all(&crc.to_le_bytes()).map_err(io)?;
-    let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
+    let file = inner.into_inner().map_err(|e| io(e.into_error()))?.into_inner().map_err(io)?;
     file.sync_all().map_err(io)?;
     drop(file);
     before_rename()?;

@@ -73,14 +73,22 @@
 //! waits for the disk. In redb 2 such a commit becomes durable only with the
 //! next durable commit, and a crash rolls the file back to the last durable
 //! one, high-water mark included, which is exactly the state recovery
-//! expects. Two costs of `None` are bounded by making every
-//! [`DURABLE_EVERY_COMMITS`]th commit, or the first after
-//! [`DURABLE_EVERY_VISITS`] visits, durable: redb frees the pages that a
+//! expects. A durable commit (two fsyncs, with "quick repair") is made
+//! at most every [`DURABLE_EVERY`], or after [`DURABLE_EVERY_COMMITS`]
+//! commits or [`DURABLE_EVERY_VISITS`] visits, whichever comes first. Two
+//! costs of `None` are bounded that way: redb frees the pages that a
 //! copy-on-write commit replaced only at a durable commit, so the file would
 //! otherwise grow without bound; and the replay after a crash is at most that
-//! long. Measured on the development machine, 1 M visits in batches of
-//! 1 000: a durable commit for every batch indexed 32 k visits/s into a
-//! 321 MB file; one every 32 batches (these constants) 77 k/s into 516 MB;
+//! long. The time bound is what keeps the index off the log's acknowledgement
+//! path: this file lives on the log's disk, and every fsync of it flushes the
+//! device's cache under the log's own fdatasync. Counted in commits alone (one
+//! every 64, as before), a commit per log batch meant a durable commit every
+//! 32 ms at 2 000 scans/s, and the log's fsync p99 rose from 0.4 to 2 ms
+//! (`scripts/bench-durability.sh`, docs/PERFORMANCE.md). The indexer also
+//! paces its commits ([`crate::durability::indexer`]), so that the commit
+//! bound is a backstop. Measured on the development machine, 1 M visits in
+//! batches of 1 000: a durable commit for every batch indexed 32 k visits/s
+//! into a 321 MB file; one every 32 batches 77 k/s into 516 MB;
 //! redb grows the file in doubling steps, so sizes move in jumps.
 //! Durable commits also save redb's allocator state ("quick repair"),
 //! so reopening after a crash does not walk the whole file. The purge commits
@@ -103,16 +111,23 @@ use crate::HolderId;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// The layout of the tables. A build that changes a key or value type adds
 /// a new number and a migration (or a rebuild from the log).
 pub const SCHEMA: u64 = 2;
 
+/// A durable commit at least this often (see the module doc): it bounds the
+/// replay after a crash in time, and keeps the index's fsyncs rare beside
+/// the log's.
+pub const DURABLE_EVERY: Duration = Duration::from_secs(5);
+
 /// A durable commit at least this often, counted in inserting commits: each
-/// commit rewrites at least the root-to-leaf paths it touches, so this
-/// bounds the space that waits to be freed when batches are small (see the
-/// module doc).
-pub const DURABLE_EVERY_COMMITS: u32 = 64;
+/// commit rewrites at least the root-to-leaf paths it touches (about 32 KiB),
+/// so this bounds the space that waits to be freed when batches are small.
+/// The indexer commits at most every few milliseconds, so at full pace this
+/// and [`DURABLE_EVERY`] come out about the same.
+pub const DURABLE_EVERY_COMMITS: u32 = 1024;
 
 /// A durable commit at least this often, counted in visits: it bounds the
 /// replay after a crash, and the pages waiting to be freed when batches are
@@ -223,22 +238,35 @@ from_redb!(
 );
 
 /// What has been committed since the last durable commit.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SyncState {
     commits: u32,
     visits: u64,
     /// The high-water mark as of the last durable commit.
     durable_lsn: u64,
+    /// When the last durable commit was made (or the index opened).
+    since: Instant,
+}
+
+impl SyncState {
+    fn durable_at(durable_lsn: u64) -> SyncState {
+        SyncState { commits: 0, visits: 0, durable_lsn, since: Instant::now() }
+    }
 }
 
 /// The on-disk tracing index. Cheap to share behind an `Arc`: queries run
 /// concurrently with each other and with one writer.
 pub struct VisitIndex {
     db: Database,
+    /// The same file, to start the writeback of what each routine commit
+    /// wrote (see [`VisitIndex::insert`]).
+    file: std::fs::File,
     /// A std Mutex: it is held only for a few loads and stores, never across
     /// I/O. Writers are already serialised by redb's writer lock, which is
     /// always taken first.
     sync: Mutex<SyncState>,
+    /// [`DURABLE_EVERY`]; tests set it to take the clock out of the rule.
+    durable_every: Duration,
 }
 
 impl VisitIndex {
@@ -276,7 +304,8 @@ impl VisitIndex {
         // Whatever a previous process committed is durable now: either it
         // shut down cleanly (redb commits durably on drop) or it crashed and
         // redb rolled back to its last durable commit.
-        Ok(VisitIndex { db, sync: Mutex::new(SyncState { durable_lsn: indexed, ..SyncState::default() }) })
+        let file = std::fs::File::open(path).map_err(|e| VisitError::Storage(Box::new(redb::Error::Io(e))))?;
+        Ok(VisitIndex { db, file, sync: Mutex::new(SyncState::durable_at(indexed)), durable_every: DURABLE_EVERY })
     }
 
     /// Inserts many visits in one write transaction and records the lsn of
@@ -315,7 +344,9 @@ impl VisitIndex {
         };
         let durable = {
             let s = self.lock();
-            s.commits + 1 >= DURABLE_EVERY_COMMITS || s.visits + added >= DURABLE_EVERY_VISITS
+            s.commits + 1 >= DURABLE_EVERY_COMMITS
+                || s.visits + added >= DURABLE_EVERY_VISITS
+                || s.since.elapsed() >= self.durable_every
         };
         if durable {
             make_durable(&mut txn);
@@ -323,9 +354,20 @@ impl VisitIndex {
             txn.set_durability(Durability::None);
         }
         txn.commit()?;
+        if !durable {
+            // Start writing back now what this commit left dirty in the
+            // page cache, a little at a time, rather than all of it at the
+            // next durable commit, whose fsync would then put megabytes in
+            // the device queue ahead of the log's. Asynchronous: nothing
+            // waits here. A failure only loses that head start.
+            // SAFETY: a valid open descriptor; the call reads no memory.
+            unsafe {
+                libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(&self.file), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
         let mut s = self.lock();
         if durable {
-            *s = SyncState { durable_lsn: last_lsn, ..SyncState::default() };
+            *s = SyncState::durable_at(last_lsn);
         } else {
             s.commits += 1;
             s.visits += added;
@@ -356,7 +398,7 @@ impl VisitIndex {
         let lsn = txn.open_table(META)?.get(META_INDEXED_LSN)?.map_or(0, |g| g.value());
         make_durable(&mut txn);
         txn.commit()?;
-        *self.lock() = SyncState { durable_lsn: lsn, ..SyncState::default() };
+        *self.lock() = SyncState::durable_at(lsn);
         Ok(lsn)
     }
 
@@ -454,7 +496,7 @@ impl VisitIndex {
             let lsn = txn.open_table(META)?.get(META_INDEXED_LSN)?.map_or(0, |g| g.value());
             make_durable(&mut txn);
             txn.commit()?;
-            *self.lock() = SyncState { durable_lsn: lsn, ..SyncState::default() };
+            *self.lock() = SyncState::durable_at(lsn);
             removed += n as u64;
             if n < PURGE_CHUNK {
                 return Ok(removed);

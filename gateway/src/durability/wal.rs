@@ -130,13 +130,18 @@ impl Ticket {
 struct Pending {
     record: Record,
     done: oneshot::Sender<Result<(), WalError>>,
+    /// When it was appended: the commit wait runs from here.
+    appended: Instant,
 }
 
 /// What the writer reports after each durable batch.
 pub trait Observer: Send + 'static {
     /// `records` are durable, in LSN order.
     fn durable(&mut self, records: &[Record]);
+    /// `records` were written and synced in `fsync`.
     fn batch(&mut self, _records: usize, _fsync: Duration) {}
+    /// One record's commit wait: from its append to its acknowledgement.
+    fn committed(&mut self, _waited: Duration) {}
 }
 
 impl Observer for () {
@@ -448,7 +453,7 @@ impl Wal {
         let lsn = g.0;
         let sender = g.1.as_ref().ok_or(WalError::Closed)?;
         let (done, rx) = oneshot::channel();
-        match sender.try_send(Pending { record: Record { lsn, at, event }, done }) {
+        match sender.try_send(Pending { record: Record { lsn, at, event }, done, appended: Instant::now() }) {
             Ok(()) => {
                 g.0 += 1;
                 Ok(Ticket { lsn, rx })
@@ -508,6 +513,28 @@ pub fn set_thread_nice(nice: i32) {
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         let _ = libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+    }
+}
+
+/// Makes the calling thread background work: the `SCHED_IDLE` policy, so
+/// that any request worker, verifier or the log writer that wakes up takes
+/// the CPU from it at once (a nice value only lowers its share, and it
+/// could still hold a core for milliseconds while a scan waits), and the
+/// idle I/O class, so that the disk serves the log's writes first. Neither
+/// needs privileges; failures are ignored. Under a load that keeps every
+/// core busy such a thread falls behind: only work that may lag (the
+/// tracing index, preparing the next log segment) runs this way.
+pub fn set_thread_background() {
+    // SAFETY: sched_setscheduler with pid 0 and a valid sched_param, and
+    // ioprio_set with the calling thread's id, only change this thread's
+    // scheduling; neither touches memory of ours beyond the param read.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        let _ = libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+        let tid = libc::syscall(libc::SYS_gettid);
+        let _ = libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, IOPRIO_CLASS_IDLE << 13);
     }
 }
 
@@ -635,8 +662,10 @@ fn write_loop(
                 *len += buf.len() as u64;
                 durable.store(batch.last().expect("non-empty").record.lsn, Ordering::Release);
                 observer.batch(batch.len(), fsync);
+                let now = Instant::now();
                 for p in batch.drain(..) {
                     let _ = p.done.send(Ok(()));
+                    observer.committed(now.saturating_duration_since(p.appended));
                     records.push(p.record);
                 }
                 observer.durable(&records);

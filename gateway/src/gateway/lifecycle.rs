@@ -167,8 +167,11 @@ impl Gateway {
             }
         }
         let m = self.metrics();
-        let log_metrics =
-            LogMetrics { batch_records: m.log_batch_records.clone(), fsync_seconds: m.log_fsync_seconds.clone() };
+        let log_metrics = LogMetrics {
+            batch_records: m.log_batch_records.clone(),
+            fsync_seconds: m.log_fsync_seconds.clone(),
+            commit_wait_seconds: m.log_commit_wait_seconds.clone(),
+        };
         let reader = storage.reader().map_err(io(&log.dir))?;
         let (indexer, feeder) =
             Indexer::start(index, recovered.next_lsn - 1, reader, log_metrics).map_err(io(&log.dir))?;

@@ -82,6 +82,9 @@ impl<O: Observer> Observer for Tee<O> {
     fn batch(&mut self, records: usize, fsync: Duration) {
         self.inner.batch(records, fsync);
     }
+    fn committed(&mut self, waited: Duration) {
+        self.inner.committed(waited);
+    }
 }
 
 impl Gateway {

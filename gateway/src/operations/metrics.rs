@@ -48,6 +48,7 @@ pub struct Metrics {
     /// Records per fsync of the log (group commit at work).
     pub log_batch_records: Histogram,
     pub log_fsync_seconds: Histogram,
+    pub log_commit_wait_seconds: Histogram,
     pub snapshots: IntCounterVec,
     pub retention_purged_visits: IntCounter,
     pub retention_purged_segments: IntCounter,
@@ -164,6 +165,13 @@ impl Metrics {
             HistogramOpts::new("healthgate_log_fsync_duration_seconds", "Time to write and fdatasync one log batch.")
                 .buckets(FSYNC_BUCKETS.to_vec()),
         )?;
+        let log_commit_wait_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "healthgate_log_commit_wait_seconds",
+                "Time from a record's append to its acknowledgement as durable (queueing, batching, write and fdatasync).",
+            )
+            .buckets(FSYNC_BUCKETS.to_vec()),
+        )?;
         let snapshots =
             IntCounterVec::new(Opts::new("healthgate_snapshots_total", "State snapshots by result."), &["result"])?;
         let retention_purged_visits = IntCounter::new(
@@ -257,6 +265,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(log_batch_records.clone()),
             Box::new(log_fsync_seconds.clone()),
+            Box::new(log_commit_wait_seconds.clone()),
             Box::new(snapshots.clone()),
             Box::new(retention_purged_visits.clone()),
             Box::new(retention_purged_segments.clone()),
@@ -292,6 +301,7 @@ impl Metrics {
             reloads,
             log_batch_records,
             log_fsync_seconds,
+            log_commit_wait_seconds,
             snapshots,
             retention_purged_visits,
             retention_purged_segments,

@@ -188,7 +188,8 @@ fn a_bad_batch_writes_nothing() {
 
 #[test]
 fn durable_lsn_moves_with_durable_commits_only() {
-    let (_dir, index) = open();
+    let (_dir, mut index) = open();
+    index.durable_every = Duration::MAX;
     let mut lsn = 0;
     for _ in 0..DURABLE_EVERY_COMMITS - 1 {
         lsn += 1;
@@ -206,6 +207,18 @@ fn durable_lsn_moves_with_durable_commits_only() {
     let big: Vec<Visit> = (0..DURABLE_EVERY_VISITS).map(|i| visit(lsn + 2 + i, 5, 2, "b")).collect();
     index.insert(&big).unwrap();
     assert_eq!(index.durable_lsn(), lsn + 1 + DURABLE_EVERY_VISITS);
+}
+
+#[test]
+fn a_durable_commit_comes_once_its_time_is_up() {
+    let (_dir, mut index) = open();
+    index.durable_every = Duration::MAX;
+    index.insert(&[visit(1, 1, 1, "a")]).unwrap();
+    index.insert(&[visit(2, 2, 1, "a")]).unwrap();
+    assert_eq!(index.durable_lsn(), 0);
+    index.durable_every = Duration::ZERO;
+    index.insert(&[visit(3, 3, 1, "a")]).unwrap();
+    assert_eq!(index.durable_lsn(), 3);
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -93,24 +93,31 @@ impl FsStorage {
         }
         let (path, len) = (self.dir.join(PREPARED), self.prealloc);
         let spawned = std::thread::Builder::new().name("healthgate-wal-prep".into()).spawn(move || {
-            crate::durability::wal::set_thread_nice(10);
+            crate::durability::wal::set_thread_background();
             let f = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
-            let zeros = vec![0u8; 1 << 20];
-            let mut left = len;
-            let mut w = io::BufWriter::with_capacity(1 << 20, &f);
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                w.write_all(&zeros[..n])?;
-                left -= n as u64;
-            }
-            w.flush()?;
-            drop(w);
-            f.sync_all()
+            write_zeros_gently(f, len)
         });
         // Without the thread, segments simply grow as they are written.
         self.preparing = spawned.ok();
     }
+}
 
+/// Fills `f` with `len` zero bytes without making the log wait (see
+/// [`gentle`](crate::durability::gentle)), then syncs it.
+fn write_zeros_gently(f: File, len: u64) -> io::Result<()> {
+    use std::io::Write;
+    let zeros = vec![0u8; 1 << 20];
+    let mut w = crate::durability::gentle::GentleFile::new(f);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        w.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    w.into_inner()?.sync_all()
+}
+
+impl FsStorage {
     /// Gives `name` the prepared file if it is ready; false otherwise.
     fn take_prepared(&mut self, name: &str) -> io::Result<bool> {
         if !self.preparing.as_ref().is_some_and(|h| h.is_finished()) {
