@@ -267,8 +267,9 @@ async fn reload_swaps_the_config_and_refuses_a_broken_one() {
 }
 
 /// A 100 000-change batch is verified and applied off the async workers:
-/// scans of holders who are not in it keep being answered, correctly,
-/// while it is applied, and the batch is applied whole.
+/// scans of holders who are not in it, colour-changing fevers among them,
+/// keep being answered, correctly, while it is applied, and the batch is
+/// applied whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_batch_is_applied_while_scans_of_other_holders_are_answered() {
     let t = std::sync::Arc::new(TestGateway::start().await);
@@ -294,17 +295,31 @@ async fn a_large_batch_is_applied_while_scans_of_other_holders_are_answered() {
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         (status, serde_json::from_slice::<serde_json::Value>(&bytes).expect("json"))
     });
-    let greens = t.greens(50);
+    let greens = t.greens(250);
+    let (normal, feverish) = greens.split_at(50);
     let mut scans = 0;
+    let mut fevers = 0;
     while !push.is_finished() || scans < 200 {
-        let h = greens[scans % greens.len()];
+        let h = normal[scans % normal.len()];
         let s = t.scan(&t.code(h), "wuhan-metro-wuchang-1", "out", None).await;
         assert_eq!(s.short(), "pass/ok/green", "{h} during the batch");
         scans += 1;
+        // Every fourth scan a fever: a colour change of a holder outside
+        // the batch, which orders itself against batches of its own holders
+        // only (it is answered during the batch, not after it).
+        if scans % 4 == 0 && fevers < feverish.len() {
+            let h = feverish[fevers];
+            let s = t.scan(&t.code(h), "wuhan-metro-wuchang-1", "in", Some(38.8)).await;
+            assert_eq!(s.short(), "deny/fever/yellow", "{h} with a fever during the batch");
+            fevers += 1;
+        }
     }
     let (status, v) = push.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["applied"], 100_000);
     assert_eq!(t.color_of(first).await, "red");
     assert_eq!(t.color_of(last).await, "red");
+    for h in &feverish[..fevers] {
+        assert_eq!(t.color_of(*h).await, "yellow", "{h} had a fever");
+    }
 }

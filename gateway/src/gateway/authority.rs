@@ -11,33 +11,140 @@ use super::{Gateway, LiveConfig};
 use crate::durability::wal::record::Event;
 use crate::durability::wal::Ticket;
 use crate::feed::{FeedError, Revocation, RevocationBatch, UpdateBatch};
+use crate::holder::HolderId;
 use crate::operations::config::{Config, ConfigError};
 use crate::revocation::{FilterSettings, Revocations};
 use crate::UnixSecs;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 
 /// Orders authority batches against each other and colour changes against
 /// the log.
 ///
-/// Authority batches take `order` for writing while they log and apply; a
-/// scan or check-in that changes a colour takes it for reading; scans that
-/// change no colour (nearly all) never touch it. So a colour change is never
-/// half-way through a batch in memory while sitting on the other side of it
-/// in the log, and replay gives back the state that was served. Std locks:
-/// nothing awaits while holding them.
+/// A colour change of a scan or check-in and an authority batch that sets
+/// the same holder's colour must reach memory in the order they reach the
+/// log, or replay would give back a state other than the one served.
+/// Changes of different holders commute, so only the batch's own holders
+/// are ordered against it:
+///
+/// * a batch publishes the set of holders it changes, then waits for the
+///   colour changes already under way (counted in two slots by generation,
+///   as in read-copy-update) to finish, then logs and applies itself and
+///   withdraws the set;
+/// * a colour change registers itself in the current slot and looks at the
+///   published set: a holder in it waits for the batch to be applied, then
+///   tries again; any other holder goes on at once, never waiting for the
+///   batch (test: `a_fever_of_a_holder_outside_an_authority_batch_never_waits_for_it`).
+///
+/// Scans that change no colour (nearly all) never touch any of this.
+/// Batches also hold `order` for writing, and a snapshot holds it for
+/// reading while it reads the log position, so that it never sees a batch
+/// half-applied. Std locks: nothing awaits while holding them.
 #[derive(Default)]
 pub struct FeedOrder {
     order: RwLock<()>,
     /// The last applied feed sequence; serialises authority batches, never
     /// scans.
     last_seq: Mutex<u64>,
+    /// Bumped by every batch that changes colours; its low bit picks the
+    /// slot of `active` a colour change registers in.
+    generation: AtomicU64,
+    /// Colour changes under way, by the generation they registered in.
+    active: [AtomicUsize; 2],
+    /// The batch being logged and applied, while it changes colours.
+    applying: Mutex<Option<Arc<Applying>>>,
+}
+
+/// The holders of the batch being applied, and its end.
+struct Applying {
+    holders: HashSet<HolderId>,
+    done: Mutex<bool>,
+    ended: Condvar,
+}
+
+impl Applying {
+    fn wait(&self) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            done = self.ended.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// A colour change under way: batches wait for it to end (drop).
+pub struct ColourChange<'a> {
+    order: &'a FeedOrder,
+    slot: usize,
+}
+
+impl Drop for ColourChange<'_> {
+    fn drop(&mut self) {
+        self.order.active[self.slot].fetch_sub(1, SeqCst);
+    }
+}
+
+/// A batch being logged and applied; dropping it lets its holders' colour
+/// changes go on.
+struct BatchInProgress<'a> {
+    order: &'a FeedOrder,
+    applying: Arc<Applying>,
+}
+
+impl Drop for BatchInProgress<'_> {
+    fn drop(&mut self) {
+        *self.order.applying.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.applying.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.applying.ended.notify_all();
+    }
 }
 
 impl FeedOrder {
-    /// Held by colour changes of scans and check-ins, and by snapshots
-    /// while they read the log position.
+    /// Held by snapshots while they read the log position.
     pub fn read_order(&self) -> RwLockReadGuard<'_, ()> {
         self.order.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a colour change of `holder`, to be held while it is
+    /// decided, logged and applied. Blocks only while a batch that changes
+    /// this very holder is being applied.
+    pub fn colour_change(&self, holder: &HolderId) -> ColourChange<'_> {
+        loop {
+            let generation = self.generation.load(SeqCst);
+            let slot = (generation & 1) as usize;
+            self.active[slot].fetch_add(1, SeqCst);
+            let change = ColourChange { order: self, slot };
+            if self.generation.load(SeqCst) != generation {
+                continue; // a batch moved on meanwhile: register again
+            }
+            let applying = self.applying.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match applying {
+                Some(batch) if batch.holders.contains(holder) => {
+                    drop(change);
+                    batch.wait();
+                }
+                _ => return change,
+            }
+        }
+    }
+
+    /// Publishes the holders a batch changes and waits for the colour
+    /// changes already under way to end. Call holding `order` for writing.
+    fn begin_batch(&self, holders: HashSet<HolderId>) -> BatchInProgress<'_> {
+        let applying = Arc::new(Applying { holders, done: Mutex::new(false), ended: Condvar::new() });
+        *self.applying.lock().unwrap_or_else(|e| e.into_inner()) = Some(applying.clone());
+        let slot = (self.generation.fetch_add(1, SeqCst) & 1) as usize;
+        // They are a log append and a store update each: microseconds.
+        let mut spins = 0u32;
+        while self.active[slot].load(SeqCst) != 0 {
+            spins += 1;
+            if spins < 100 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+        }
+        BatchInProgress { order: self, applying }
     }
 }
 
@@ -100,9 +207,9 @@ impl Gateway {
 
     /// Logs and applies the batch `event` with sequence `seq` if it comes
     /// after the last applied one, holding the feed order for writing: the
-    /// batch is logged and applied with no colour change of a scan between,
-    /// and a snapshot (which reads the log position under the read lock)
-    /// never sees it half-applied.
+    /// batch is logged and applied with no colour change of one of its
+    /// holders between (see [`FeedOrder`]), and a snapshot (which reads the
+    /// log position under the read lock) never sees it half-applied.
     fn in_feed_order(&self, seq: u64, event: Event, at: Option<UnixSecs>) -> Result<(u64, Option<Ticket>), FeedError> {
         let _order = self.feed.order.write().unwrap_or_else(|e| e.into_inner());
         let last = *self.feed.last_seq.lock().unwrap_or_else(|e| e.into_inner());
@@ -110,6 +217,12 @@ impl Gateway {
             return Err(FeedError::Replay { got: seq, last });
         }
         let now = at.unwrap_or_else(|| self.now());
+        // Colour changes of this batch's holders wait until it is applied;
+        // those of anyone else go on meanwhile.
+        let _batch = match &event {
+            Event::Updates { changes, .. } => Some(self.feed.begin_batch(changes.iter().map(|c| c.holder).collect())),
+            _ => None,
+        };
         // Log first: if the log refuses, nothing changes. The log keeps its
         // own copy (it outlives this call in the writer's queue).
         let ticket = self.log(now, || event.clone()).map_err(|e| FeedError::Unavailable(e.to_string()))?;
@@ -246,5 +359,68 @@ impl Gateway {
             Err(e) => tracing::warn!(error = %e, "configuration reload refused; keeping the running one"),
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Long enough for a blocked thread to be certainly blocked on any
+    /// machine is unknowable; these only ever check "not yet" with it (a
+    /// slow machine can make such a check pass, never fail) and otherwise
+    /// wait generously for progress.
+    const NOT_YET: Duration = Duration::from_millis(100);
+    const PROGRESS: Duration = Duration::from_secs(30);
+
+    fn holder(b: u8) -> HolderId {
+        HolderId([b; 16])
+    }
+
+    #[test]
+    fn a_fever_of_a_holder_outside_an_authority_batch_never_waits_for_it() {
+        let order = Arc::new(FeedOrder::default());
+        let batch = order.begin_batch([holder(1), holder(2)].into_iter().collect());
+        // Another holder's colour change goes on while the batch is applied.
+        let (tx, rx) = mpsc::channel();
+        let o = order.clone();
+        std::thread::spawn(move || {
+            let change = o.colour_change(&holder(3));
+            tx.send(()).unwrap();
+            drop(change);
+        });
+        rx.recv_timeout(PROGRESS).expect("a holder outside the batch does not wait for it");
+        // One of the batch's holders waits until the batch is applied.
+        let (tx, rx) = mpsc::channel();
+        let o = order.clone();
+        std::thread::spawn(move || {
+            let _change = o.colour_change(&holder(2));
+            tx.send(()).unwrap();
+        });
+        assert!(rx.recv_timeout(NOT_YET).is_err(), "a holder of the batch went on before it was applied");
+        drop(batch);
+        rx.recv_timeout(PROGRESS).expect("the holder goes on once the batch is applied");
+    }
+
+    #[test]
+    fn a_batch_waits_for_the_colour_changes_under_way() {
+        let order = Arc::new(FeedOrder::default());
+        let change = order.colour_change(&holder(9));
+        let (tx, rx) = mpsc::channel();
+        let o = order.clone();
+        std::thread::spawn(move || {
+            let batch = o.begin_batch([holder(9)].into_iter().collect());
+            tx.send(()).unwrap();
+            drop(batch);
+        });
+        assert!(rx.recv_timeout(NOT_YET).is_err(), "the batch began while a colour change was under way");
+        drop(change);
+        rx.recv_timeout(PROGRESS).expect("the batch begins once the change has ended");
+        // Both slots drain: later changes and batches go on.
+        drop(order.colour_change(&holder(9)));
+        drop(order.begin_batch(HashSet::new()));
+        drop(order.colour_change(&holder(9)));
     }
 }

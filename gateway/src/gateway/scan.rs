@@ -374,7 +374,7 @@ impl Gateway {
                     return Ok((outcome, ticket));
                 }
                 Locked::Failed(e) => return Err(ScanError::Unavailable(e)),
-                Locked::NeedColorLock => color_guard = Some(self.feed.read_order()),
+                Locked::NeedColorLock => color_guard = Some(self.feed.colour_change(&holder)),
             }
         }
     }
@@ -415,8 +415,8 @@ impl Gateway {
         let unwell = req.temperature_c >= region.fever_threshold_c || !req.symptoms.is_empty();
         // A check-in may change a colour: it always orders itself against
         // authority batches (check-ins are rare next to scans).
-        let _order = self.feed.read_order();
         let holder = raw.claims.holder;
+        let _order = self.feed.colour_change(&holder);
         let result = self.store.update(&holder, now, |entry| {
             let Some((view, state)) = entry else { return Update::Abort(Err(CheckinError::UnknownHolder)) };
             if state.checkin_day() == Some(today) {
