@@ -15,7 +15,9 @@
 #
 # Settings (environment): RATES="500 2000 8000" DURATION=4s SIZE=100000
 # CONNECTIONS=64 REPEAT=1 (runs per rate and mode; the table shows the
-# median p99 over them) KEEP=1 (keep the work folder).
+# median p99 over them) KEEP=1 (keep the work folder) PROFILE=1 (after the
+# table, one more run per rate and mode under `perf sched record`: where
+# each gateway thread's time went, CPU and waiting for a CPU; needs perf).
 # Exits 1 if any answer was wrong or any request failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -161,6 +163,44 @@ echo
 echo "| rate | off p50 / p99 / p99.9 | strict p50 / p99 / p99.9 | strict - off p99 | strict - off p99.9 | strict fsync p50 / p99 | strict commit wait p50 / p99 / p99.9 | mean batch | wrong answers strict / off |"
 echo "| ---: | --- | --- | ---: | ---: | --- | --- | --- | --- |"
 printf '%s\n' "${ROWS[@]}"
+
+# Where the time goes: each gateway thread's CPU time and how long it
+# waited for a CPU once woken (scheduling delay), from the scheduler's own
+# trace, for one more run per rate and mode.
+if [ "${PROFILE:-0}" = 1 ]; then
+  command -v perf >/dev/null 2>&1 || { echo "PROFILE=1 needs perf (apt-get install linux-perf)" >&2; exit 1; }
+  echo
+  echo "Scheduler profile (perf sched), per gateway thread: CPU ms over the run, wakes, scheduling delay p99 / max in ms"
+  for rate in $RATES; do
+    for mode in strict off; do
+      pid=$([ "$mode" = strict ] && echo "$STRICT_PID" || echo "$OFF_PID")
+      secs=$(( ${DURATION%s} + 1 ))
+      perf sched record -a -o "$WORK/sched.data" -- sleep "$secs" >/dev/null 2>&1 &
+      perf_pid=$!
+      sleep 0.3
+      "$BIN/healthgate-loadgen" --env "$WORK/$mode/env.json" --rate "$rate" --duration "$DURATION" \
+        --connections "$CONNECTIONS" --json -q >"$WORK/profile.json" 2>/dev/null || true
+      wait "$perf_pid" || true
+      p99=$(json "$WORK/profile.json" "['latency_us']['p99_us']")
+      echo
+      echo "$mode at $rate/s (this run's p99 $(python3 -c "print(f'{$p99/1000:.2f}')") ms):"
+      perf sched timehist -i "$WORK/sched.data" -p "$pid" 2>/dev/null | python3 -c '
+import collections, re, sys
+run, wakes, delays = collections.Counter(), collections.Counter(), collections.defaultdict(list)
+for line in sys.stdin:
+    m = re.match(r"\s*[\d.]+\s+\[\d+\]\s+(\S+?)\[\d+/\d+\]\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", line)
+    if not m:
+        continue
+    name = re.sub(r"-?\d*$", "", m[1]) or m[1]
+    run[name] += float(m[4]); wakes[name] += 1; delays[name].append(float(m[3]))
+for name in sorted(run, key=lambda n: -run[n]):
+    d = sorted(delays[name]); p99 = d[min(len(d) - 1, int(len(d) * 0.99))]
+    print(f"  {name:<18} {run[name]:8.1f} ms CPU {wakes[name]:7d} wakes  delay p99 {p99:.3f} max {d[-1]:.3f}")
+'
+    done
+  done
+fi
+
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit $failed

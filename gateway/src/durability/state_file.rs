@@ -201,10 +201,15 @@ pub fn write_store(
 /// verified before the function returns success; on error the store may
 /// hold part of the file and must be discarded.
 pub fn load(path: &Path, store: &Store) -> Result<Loaded, SnapshotError> {
+    let file = File::open(path).map_err(|source| SnapshotError::Io { path: path.to_owned(), source })?;
+    load_from(BufReader::with_capacity(1 << 20, file), path, store)
+}
+
+/// [`load`] from any reader; `path` names the file in errors.
+pub fn load_from(reader: impl Read, path: &Path, store: &Store) -> Result<Loaded, SnapshotError> {
     let io = |source| SnapshotError::Io { path: path.to_owned(), source };
     let corrupt = |what| SnapshotError::Corrupt { path: path.to_owned(), what };
-    let file = File::open(path).map_err(io)?;
-    let mut r = CrcReader { inner: BufReader::with_capacity(1 << 20, file), crc: crc32fast::Hasher::new() };
+    let mut r = CrcReader { inner: reader, crc: crc32fast::Hasher::new() };
     let mut header = [0u8; 28];
     r.read_exact(&mut header).map_err(|_| corrupt("truncated header"))?;
     if &header[..8] != MAGIC {
