@@ -2,7 +2,8 @@
 //! limit (set on the child, as `ulimit -n` would). A configuration whose
 //! connection caps cannot fit is refused at start; one that fits survives
 //! a flood of idle connections with the admin listener answering and the
-//! log taking scans.
+//! log taking scans. An address over the per-client cap is turned away
+//! while others still get in.
 
 use healthgate::operations::auth::Role;
 use healthgate_tests::healthgate_bin;
@@ -158,4 +159,69 @@ fn an_idle_connection_flood_under_a_low_file_limit_leaves_admin_and_the_log_aliv
     let metrics = http(&admin, "GET", "/metrics", "", "");
     assert!(metrics.contains("healthgate_log_failed 0") && metrics.contains("healthgate_ready 1"), "{metrics}");
     drop(flood);
+}
+
+/// Sends `GET /healthz` on `s` and reads the status line; `None` when the
+/// server closed the connection instead of answering.
+async fn healthz_status(s: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    let read = async {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        String::from_utf8_lossy(&buf).lines().next().map(str::to_owned)
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("an answer or a close")
+}
+
+#[tokio::test]
+async fn an_address_over_the_per_client_cap_is_turned_away_and_let_in_once_it_closes_one() {
+    use healthgate_tests::TestGateway;
+    use tokio::net::{TcpSocket, TcpStream};
+    let t =
+        TestGateway::start_with(Box::new(|c| c.replace("[server]\n", "[server]\nmax_connections_per_client = 2\n")))
+            .await;
+    let public: std::net::SocketAddr = t.env.public_url.trim_start_matches("http://").parse().unwrap();
+    let metrics = || async {
+        t.metrics()
+            .await
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("healthgate_rejected_connections_per_client_total ")?.trim().parse::<u64>().ok()
+            })
+            .expect("the per-client refusal counter is exported")
+    };
+    // From 127.0.0.1: two connections are served, a third is closed at once.
+    let mut a = TcpStream::connect(public).await.unwrap();
+    let mut b = TcpStream::connect(public).await.unwrap();
+    assert!(healthz_status(&mut a).await.expect("first").contains("200"));
+    assert!(healthz_status(&mut b).await.expect("second").contains("200"));
+    let mut c = TcpStream::connect(public).await.unwrap();
+    assert_eq!(healthz_status(&mut c).await, None, "a third connection from one address is closed");
+    assert_eq!(metrics().await, 1);
+    // Another address (127.0.0.2, also loopback) still gets in.
+    let other = TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut d = other.connect(public).await.unwrap();
+    assert!(healthz_status(&mut d).await.expect("another address").contains("200"));
+    // Once one of the two closes, the address gets a place again (as soon
+    // as the server has seen the close).
+    drop(a);
+    let mut served = false;
+    for _ in 0..300 {
+        let mut e = TcpStream::connect(public).await.unwrap();
+        if healthz_status(&mut e).await.is_some_and(|l| l.contains("200")) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "a place freed by a closed connection is given again");
+    assert!(healthz_status(&mut b).await.expect("the second stays served").contains("200"));
 }

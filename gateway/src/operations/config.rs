@@ -209,6 +209,7 @@ pub struct RawServer {
     pub admin_addr: Option<String>,
     pub max_connections: Option<usize>,
     pub admin_max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
     pub max_in_flight: Option<usize>,
     pub scan_queue_budget_ms: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,
@@ -268,6 +269,9 @@ pub struct ServerSettings {
     /// The admin listener's own cap, so that a flood on the public side
     /// never takes its room.
     pub admin_max_connections: usize,
+    /// The public listener's cap per client address; 0: none (turnstiles
+    /// behind one NAT address share it, so it is off unless configured).
+    pub max_connections_per_client: usize,
     /// Priority admission (see `gateway::admission`).
     pub admission: AdmissionSettings,
     pub header_read_timeout: Duration,
@@ -340,6 +344,7 @@ impl Config {
             admin_addr: addr("server.admin_addr", s.admin_addr, defaults::ADMIN_ADDR)?,
             max_connections: s.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
             admin_max_connections: s.admin_max_connections.unwrap_or(defaults::ADMIN_MAX_CONNECTIONS),
+            max_connections_per_client: s.max_connections_per_client.unwrap_or(0),
             admission: AdmissionSettings {
                 max_in_flight: s.max_in_flight.unwrap_or(defaults::MAX_IN_FLIGHT),
                 scan_queue_budget: Duration::from_millis(

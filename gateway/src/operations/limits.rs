@@ -107,6 +107,7 @@ mod tests {
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             max_connections: public,
             admin_max_connections: admin,
+            max_connections_per_client: 0,
             admission: crate::operations::config::AdmissionSettings { max_in_flight: 1, scan_queue_budget: ms(1) },
             header_read_timeout: ms(1),
             body_read_timeout: ms(1),

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub epoch: IntGauge,
     open_connections: [IntGauge; 2],
     rejected_connections: [IntCounter; 2],
+    /// Public connections refused at the per-client-address cap.
+    pub rejected_connections_per_client: IntCounter,
     accept_errors: [IntCounter; 2],
     pub rejected_requests: IntCounterVec,
     pub ready: IntGauge,
@@ -116,6 +118,10 @@ impl Metrics {
         let rejected_conns = IntCounterVec::new(
             Opts::new("healthgate_rejected_connections_total", "Connections refused at the connection cap."),
             &["listener"],
+        )?;
+        let rejected_connections_per_client = IntCounter::new(
+            "healthgate_rejected_connections_per_client_total",
+            "Public connections refused at the per-client-address cap (server.max_connections_per_client).",
         )?;
         let accept_errors = IntCounterVec::new(
             Opts::new(
@@ -252,6 +258,7 @@ impl Metrics {
             Box::new(epoch.clone()),
             Box::new(conns.clone()),
             Box::new(rejected_conns.clone()),
+            Box::new(rejected_connections_per_client.clone()),
             Box::new(accept_errors.clone()),
             Box::new(rejected_requests.clone()),
             Box::new(build),
@@ -289,6 +296,7 @@ impl Metrics {
             epoch,
             open_connections: listeners.map(|l| conns.with_label_values(&[l.as_str()])),
             rejected_connections: listeners.map(|l| rejected_conns.with_label_values(&[l.as_str()])),
+            rejected_connections_per_client,
             accept_errors: listeners.map(|l| accept_errors.with_label_values(&[l.as_str()])),
             rejected_requests,
             ready,

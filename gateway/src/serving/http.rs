@@ -155,13 +155,16 @@ pub async fn serve(
         Listener::Admin => settings.admin_max_connections,
     };
     let permits = Arc::new(Semaphore::new(cap));
+    // One address may hold at most this many public connections (off when 0).
+    let per_client = (which == Listener::Public && settings.max_connections_per_client > 0)
+        .then(|| Arc::new(PerClient::new(settings.max_connections_per_client)));
     gw.metrics().connection_limit(which).set(i64::try_from(cap).unwrap_or(i64::MAX));
     let graceful = GracefulShutdown::new();
     let settings = Arc::new(settings);
     let mut backoff = ACCEPT_BACKOFF_MIN;
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(s) => {
@@ -189,6 +192,17 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        let client = match &per_client {
+            None => None,
+            Some(clients) => match clients.enter(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    gw.metrics().rejected_connections_per_client.inc();
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
         let _ = stream.set_nodelay(true);
         let (gw, settings, watcher, tls) = (gw.clone(), settings.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
@@ -205,12 +219,55 @@ pub async fn serve(
                 }
             }
             open.dec();
+            drop(client);
             drop(permit);
         });
     }
     drop(listener);
     if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = which.as_str(), "grace period over; closing remaining connections");
+    }
+}
+
+/// Connections held per client address, for the public listener's
+/// per-client cap.
+struct PerClient {
+    cap: usize,
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in its address's count, given back on drop.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: std::net::IpAddr,
+}
+
+impl PerClient {
+    fn new(cap: usize) -> PerClient {
+        PerClient { cap, held: Default::default() }
+    }
+
+    /// A place for one more connection from `ip`, or `None` at the cap.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ClientSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { clients: self.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut held = self.clients.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
     }
 }
 
