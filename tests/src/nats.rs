@@ -81,6 +81,11 @@ impl NatsServer {
         format!("nats://{host}:{}", self.port)
     }
 
+    /// Its store directory (`-sd`): what it keeps on disk.
+    pub fn store(&self) -> &Path {
+        &self.store
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
