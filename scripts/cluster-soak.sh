@@ -8,6 +8,9 @@
 # "Checking a cluster"). A failure keeps the replicas' files and says where.
 #
 # Usage: scripts/cluster-soak.sh [SECONDS] [SEED]   (default 300 s, seed from the clock)
+# nats-server is stopped with SIGTERM; HG_CLUSTER_SOAK_NATS_SIGKILL=1 uses
+# SIGKILL; HG_CLUSTER_SOAK_NATS_LOSS=1 uses SIGKILL and removes the streams'
+# messages while it is down (what a power cut can take before its fsync).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-300}

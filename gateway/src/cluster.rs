@@ -83,6 +83,7 @@ pub struct ClusterMetrics {
     pub apply_seconds: Gauge,
     pub contact_age: Gauge,
     pub stale: IntGauge,
+    pub duplicates: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -128,6 +129,11 @@ impl ClusterMetrics {
                 "healthgate_cluster_stale",
                 "1 while this replica has not heard from JetStream recently (serving from what it holds)",
             )?,
+            duplicates: IntCounter::new(
+                "healthgate_cluster_duplicate_batches_total",
+                "Authority batches read from the order stream that this replica had applied already \
+                 (byte-identical; published again after the stream lost messages): skipped",
+            )?,
         };
         r.register(Box::new(m.applied.clone()))?;
         r.register(Box::new(m.lag_messages.clone()))?;
@@ -139,6 +145,7 @@ impl ClusterMetrics {
         r.register(Box::new(m.apply_seconds.clone()))?;
         r.register(Box::new(m.contact_age.clone()))?;
         r.register(Box::new(m.stale.clone()))?;
+        r.register(Box::new(m.duplicates.clone()))?;
         Ok(m)
     }
 }
@@ -167,9 +174,17 @@ pub struct Cluster {
     /// Moves with the order position: posts wait on it for their batch.
     order_applied: watch::Sender<u64>,
     outcomes: Mutex<BTreeMap<u64, Outcome>>,
-    /// The last authority messages applied (stream sequence, kind, accepted
-    /// time, body): published again if the stream loses them.
-    recent_batches: Mutex<std::collections::VecDeque<order::Kept>>,
+    /// The authority batches applied: a byte-identical copy is skipped, and
+    /// those the stream lost are published again.
+    ledger: Mutex<order::Ledger>,
+    /// The message ids of the last messages applied, order stream then
+    /// records stream. Each is locked before its stream's position whenever
+    /// both are touched, so that the ids saved with a position are those of
+    /// the messages up to it.
+    recent: [Mutex<streams::Recent>; 2],
+    /// Set while the order reader has batches the stream lost still to
+    /// publish again: posts wait (503) rather than land before them.
+    republishing: AtomicBool,
     records_pos: AtomicU64,
     /// Stream ends at start: caught up once both are applied.
     start_targets: (u64, u64),
@@ -213,14 +228,17 @@ impl Cluster {
         // re-applies them in their place.
         gw.set_feed_seq(saved.feed_seq);
         let (remote, damaged) = records::open_remote_indexes(data_dir, &settings.node)?;
-        let records_from = match damaged {
-            0 => saved.records,
+        let (records_from, records_ids) = match damaged {
+            0 => (saved.records, saved.records_ids),
             // Reading the records stream again from its start rebuilds them.
             n => {
                 gw.metrics().index_rebuilds.inc_by(n);
-                0
+                (0, Vec::new())
             }
         };
+        // A replica that reads the order stream from its start sees every
+        // batch: its ledger is whole.
+        let ledger = order::Ledger::from_saved(saved.batches, saved.batches_from_start || saved.order == 0);
         let metrics = ClusterMetrics::new(gw.registry())?;
         let cluster = Arc::new(Cluster {
             settings: settings.clone(),
@@ -230,7 +248,12 @@ impl Cluster {
             order_pos: Mutex::new((saved.order, saved.feed_seq)),
             order_applied: watch::Sender::new(saved.order),
             outcomes: Mutex::new(BTreeMap::new()),
-            recent_batches: Mutex::new(std::collections::VecDeque::new()),
+            ledger: Mutex::new(ledger),
+            recent: [
+                Mutex::new(streams::Recent::from_saved(saved.order_ids)),
+                Mutex::new(streams::Recent::from_saved(records_ids)),
+            ],
+            republishing: AtomicBool::new(false),
             records_pos: AtomicU64::new(records_from),
             start_targets: (order_end, records_end),
             caught_up: AtomicBool::new(false),
@@ -289,6 +312,28 @@ impl Cluster {
         self.connections.load(Ordering::Acquire) != generation
     }
 
+    /// The id of the server the client is connected to. A nats-server picks
+    /// a new one at each start, and the client learns it from the server's
+    /// first words on a new connection, before any message on it: a reader
+    /// that sees it change knows the server restarted (and may have lost
+    /// messages) before it applies anything the new one delivers. The
+    /// connection count alone comes too late for that: the client reports
+    /// a reconnection on a channel of its own, which may lag the messages.
+    fn server_id(&self) -> String {
+        self.js.client().server_info().server_id
+    }
+
+    /// The ids of the messages applied up to the position of stream 0
+    /// (order) or 1 (records).
+    fn recent_ids(&self, stream: usize) -> Vec<(u64, String)> {
+        let recent = self.recent[stream].lock().unwrap_or_else(|e| e.into_inner());
+        let pos = match stream {
+            0 => self.order_position().0,
+            _ => self.records_pos.load(Ordering::Acquire),
+        };
+        recent.upto(pos)
+    }
+
     /// The probe saw stream 0 (order) or 1 (records) end after what this
     /// replica applied.
     fn reader_behind(&self, stream: usize) -> bool {
@@ -328,8 +373,9 @@ impl Cluster {
         *self.order_pos.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Moves the order position (and records an authority outcome).
-    fn order_applied(&self, seq: u64, outcome: Option<Outcome>) {
+    /// Moves the order position past message `seq` (id `id`), and records
+    /// an authority outcome.
+    fn order_applied(&self, seq: u64, id: String, outcome: Option<Outcome>) {
         if let Some(o) = outcome {
             let mut m = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
             m.insert(seq, o);
@@ -337,21 +383,40 @@ impl Cluster {
                 m.pop_first();
             }
         }
-        *self.order_pos.lock().unwrap_or_else(|e| e.into_inner()) = (seq, self.gw.last_feed_seq());
+        {
+            let mut recent = self.recent[0].lock().unwrap_or_else(|e| e.into_inner());
+            recent.push(seq, id);
+            *self.order_pos.lock().unwrap_or_else(|e| e.into_inner()) = (seq, self.gw.last_feed_seq());
+        }
         self.metrics.applied.with_label_values(&["order"]).set(seq as i64);
         self.order_applied.send_replace(seq);
         self.check_caught_up();
     }
 
-    /// Sets the order position back after the stream lost its tail.
+    /// Sets the order position back after the stream lost messages (the
+    /// authority sequence stays: the state holds those batches).
     fn order_rewound(&self, seq: u64) {
+        let mut recent = self.recent[0].lock().unwrap_or_else(|e| e.into_inner());
         let mut p = self.order_pos.lock().unwrap_or_else(|e| e.into_inner());
         p.0 = seq;
+        recent.forget_after(seq);
         self.order_applied.send_replace(seq);
     }
 
-    fn records_applied(&self, seq: u64) {
+    /// Sets the records position back after the stream lost messages.
+    fn records_rewound(&self, seq: u64) {
+        let mut recent = self.recent[1].lock().unwrap_or_else(|e| e.into_inner());
         self.records_pos.store(seq, Ordering::Release);
+        recent.forget_after(seq);
+        self.metrics.applied.with_label_values(&["records"]).set(seq as i64);
+    }
+
+    fn records_applied(&self, seq: u64, id: String) {
+        {
+            let mut recent = self.recent[1].lock().unwrap_or_else(|e| e.into_inner());
+            recent.push(seq, id);
+            self.records_pos.store(seq, Ordering::Release);
+        }
         self.metrics.applied.with_label_values(&["records"]).set(seq as i64);
         self.check_caught_up();
     }
@@ -415,6 +480,18 @@ impl Cluster {
             count("unavailable");
             return Err(unavailable("not connected to NATS; nothing was published".into()));
         }
+        // A stream that lost what this replica applied (nats-server killed
+        // before its own fsync) first gets those batches back, in their
+        // order: a new batch published before them would come first, and
+        // replicas that had not applied them would then refuse them.
+        if !self.stream_holds_what_was_applied().await {
+            count("unavailable");
+            return Err(unavailable(
+                "the order stream lost messages this replica applied and they are being published again; \
+                 nothing was published, retry shortly"
+                    .into(),
+            ));
+        }
         let at = self.gw.now();
         let stream_seq = streams::publish_authority(self, kind, at, body).await.map_err(|e| {
             self.metrics.publish_failures.inc();
@@ -431,6 +508,22 @@ impl Cluster {
         let (epoch, lsn) = outcome.ok_or_else(|| unavailable("the batch's outcome is no longer known".into()))??;
         self.gw.wait_durable_lsn(lsn).await.map_err(|e| FeedError::Unavailable(e.to_string()))?;
         Ok(epoch)
+    }
+}
+
+impl Cluster {
+    /// The order stream still holds, at this replica's position, the last
+    /// message it applied, and no batch is waiting to be published again.
+    async fn stream_holds_what_was_applied(&self) -> bool {
+        if self.republishing.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some((seq, id)) = self.recent_ids(0).pop() else { return true };
+        let Ok(st) = self.js.get_stream(&self.settings.order_stream).await else { return false };
+        match st.get_raw_message(seq).await {
+            Ok(m) => streams::message_id(Some(&m.headers)) == id,
+            Err(_) => false,
+        }
     }
 }
 
@@ -492,8 +585,19 @@ impl Replica for Cluster {
     }
 
     fn capture(&self) -> Positions {
-        let (order, feed_seq) = self.order_position();
-        Positions { order, feed_seq, records: self.records_pos.load(Ordering::Acquire) }
+        let ((order, feed_seq), order_ids) = {
+            let recent = self.recent[0].lock().unwrap_or_else(|e| e.into_inner());
+            let p = self.order_position();
+            (p, recent.upto(p.0))
+        };
+        let (records, records_ids) = {
+            let recent = self.recent[1].lock().unwrap_or_else(|e| e.into_inner());
+            let p = self.records_pos.load(Ordering::Acquire);
+            (p, recent.upto(p))
+        };
+        // Every batch in the ledger now is in the store the snapshot reads.
+        let (batches, batches_from_start) = self.ledger.lock().unwrap_or_else(|e| e.into_inner()).to_save();
+        Positions { order, feed_seq, records, order_ids, records_ids, batches, batches_from_start }
     }
 
     fn snapshot_written(&self, at: Positions) {

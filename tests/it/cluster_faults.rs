@@ -359,19 +359,23 @@ struct Acked {
 #[test]
 fn three_replicas_under_mixed_load_and_random_kills_converge() {
     let secs: u64 = std::env::var("HG_CLUSTER_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
-    // nats-server is stopped with SIGTERM unless HG_CLUSTER_SOAK_NATS_SIGKILL=1:
-    // under this load with replicas killed too, a SIGKILLed nats-server
-    // (which loses what it had not fsynced, up to its 2-minute sync
-    // interval) can still leave replicas disagreeing on which authority
-    // batches they applied (docs/CLUSTER.md, Faults); the narrower
-    // `cluster::nats_killed_and_restarted_loses_nothing_acknowledged`
-    // covers SIGKILL.
+    // nats-server is stopped with SIGTERM unless HG_CLUSTER_SOAK_NATS_SIGKILL=1
+    // (SIGKILL: it loses what it had not written safely, docs/CLUSTER.md,
+    // "nats-server SIGKILLed: what holds"); the suite's
+    // `cluster::nats_killed_losing_its_streams_every_replica_ends_with_exactly_the_acknowledged_batches`
+    // makes that loss certain.
     let nats_sigkill = std::env::var("HG_CLUSTER_SOAK_NATS_SIGKILL").is_ok_and(|v| v == "1");
+    // A SIGKILL alone loses nothing nats-server had written (the kernel
+    // keeps it); HG_CLUSTER_SOAK_NATS_LOSS=1 also removes the streams'
+    // messages while it is down: what a power cut can take from streams
+    // younger than its two-minute fsync interval.
+    let nats_loss = std::env::var("HG_CLUSTER_SOAK_NATS_LOSS").is_ok_and(|v| v == "1");
     let seed: u64 =
         std::env::var("HG_CLUSTER_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(SystemClock.now());
     eprintln!(
-        "cluster soak: {secs} s, seed {seed} (HG_CLUSTER_SOAK_SEED={seed} replays the choices), nats-server stopped with {}",
-        if nats_sigkill { "SIGKILL" } else { "SIGTERM" }
+        "cluster soak: {secs} s, seed {seed} (HG_CLUSTER_SOAK_SEED={seed} replays the choices), nats-server stopped with {}{}",
+        if nats_sigkill || nats_loss { "SIGKILL" } else { "SIGTERM" },
+        if nats_loss { ", losing its streams' messages" } else { "" }
     );
     let mut rng = Lcg(seed);
     let mut nats = NatsServer::start();
@@ -476,7 +480,10 @@ fn three_replicas_under_mixed_load_and_random_kills_converge() {
                 // just before a kill is published again by the replicas
                 // that applied it, before any later one).
                 feed_paused.store(true, Ordering::Release);
-                nats.stop(nats_sigkill);
+                nats.stop(nats_sigkill || nats_loss);
+                if nats_loss {
+                    nats.lose_stream_messages();
+                }
                 nats_kills += 1;
                 std::thread::sleep(Duration::from_millis(300 + rng.below(1200)));
                 nats.restart();
@@ -512,6 +519,24 @@ fn three_replicas_under_mixed_load_and_random_kills_converge() {
     );
     let refs: Vec<&Replica> = reps.iter().collect();
     converge(&refs, Duration::from_secs(120));
+    // What the faults did to the streams, for the run's summary: how often
+    // each replica found its order stream had lost what it applied, and
+    // how many batch copies it skipped.
+    let counts: Vec<String> = refs
+        .iter()
+        .map(|r| {
+            let m = r.metrics();
+            let value =
+                |name: &str| m.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
+            format!(
+                "{}: {} rewinds, {} duplicates skipped",
+                r.node,
+                value("healthgate_cluster_refused_total{reason=\"stream_rewound\"}"),
+                value("healthgate_cluster_duplicate_batches_total")
+            )
+        })
+        .collect();
+    eprintln!("cluster soak: order stream {}", counts.join("; "));
     let max_acked = acked.updates.iter().map(|u| u.0).chain(acked.revocations.iter().map(|r| r.0)).max().unwrap_or(0);
     for r in &refs {
         let (_, _, feed_seq) = r.digest().expect("digest");

@@ -71,7 +71,8 @@ fn a_release_0_1_0_log_decodes_to_what_was_done() {
     assert!(scans[10].holder.is_none(), "a malformed code names no holder");
     let mut kinds = recs.iter().filter(|r| !matches!(r.event, Event::Scan(_)));
     match &kinds.next().unwrap().event {
-        Event::Updates { seq, changes } => {
+        Event::Updates { seq, changes, signed } => {
+            assert!(signed.is_none(), "release 0.1.0 logged no signed bodies");
             assert_eq!(*seq, 1);
             assert_eq!(changes[0].holder, holder("e220a8397b1dcdaf07776f161bd8ea27"));
             assert_eq!((changes[0].color, changes[0].steps[0].then), (Color::Red, Color::Green));
@@ -79,7 +80,8 @@ fn a_release_0_1_0_log_decodes_to_what_was_done() {
         other => panic!("expected the update batch, got {other:?}"),
     }
     match &kinds.next().unwrap().event {
-        Event::Revocations { seq, entries } => {
+        Event::Revocations { seq, entries, signed } => {
+            assert!(signed.is_none());
             assert_eq!(*seq, 2);
             assert_eq!(entries[0].target, Target::Serial(4242));
         }

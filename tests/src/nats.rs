@@ -81,6 +81,31 @@ impl NatsServer {
         format!("nats://{host}:{}", self.port)
     }
 
+    /// Its store directory (`-sd`): what it keeps on disk.
+    pub fn store(&self) -> &Path {
+        &self.store
+    }
+
+    /// While it is stopped: removes every stream's messages from its store
+    /// (keeping the streams' configuration), which is what a power cut can
+    /// take from a nats-server 2.9 whose streams are younger than its
+    /// two-minute fsync interval. Returns how many files it removed. A
+    /// SIGKILL alone takes nothing the server had written: the kernel keeps
+    /// it.
+    pub fn lose_stream_messages(&self) -> usize {
+        assert!(self.child.is_none(), "lose_stream_messages needs the server stopped");
+        let streams = self.store.join("jetstream/$G/streams");
+        let mut removed = 0;
+        for s in std::fs::read_dir(&streams).unwrap_or_else(|e| panic!("{}: {e}", streams.display())).flatten() {
+            let Ok(msgs) = std::fs::read_dir(s.path().join("msgs")) else { continue };
+            for f in msgs.flatten() {
+                std::fs::remove_file(f.path()).expect("remove a message file");
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }

@@ -100,42 +100,41 @@ pub async fn run(c: Arc<Cluster>) {
     let durable = format!("hg-{}-records", c.settings.node);
     let own = c.settings.records_subject(&c.settings.node);
     let prefix = format!("{}.records.", c.settings.subject_prefix);
-    let mut recent = streams::Recent::default();
+    // The server whose stream was last checked against every id.
+    let mut checked: Option<String> = None;
     loop {
         let generation = c.connections.load(std::sync::atomic::Ordering::Acquire);
+        let server = c.server_id();
         let pos = c.records_pos.load(std::sync::atomic::Ordering::Acquire);
-        match streams::last_sequence(&c.js, &c.settings.records_stream).await {
-            Ok(last) if last < pos => {
-                // Lost tail: the senders publish it again; merging is idempotent.
-                ::tracing::warn!(
-                    applied = pos,
-                    stream_last = last,
-                    "the records stream ends before what this replica applied"
-                );
-                recent.forget_after(last);
-                c.records_applied(last);
-                continue;
-            }
-            Ok(_) => {}
-            Err(_) => {
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
+        // A restarted server may have lost messages and given their
+        // sequences to newer ones: read again from where the stream still
+        // holds what was applied (the senders publish again what it lost;
+        // merging is idempotent and the indexes skip what they hold).
+        // Every id once per server (a server that did not restart lost
+        // nothing), the last one otherwise.
+        let mut ids = c.recent_ids(1);
+        let quick = checked.as_deref() == Some(server.as_str());
+        if quick {
+            ids = ids.split_off(ids.len().saturating_sub(1));
         }
-        // Lost tail with the sequences given to newer messages since: read
-        // again from where the stream still holds what was applied.
-        match recent.diverged(&c.js, &c.settings.records_stream, pos).await {
-            Ok(None) => {}
-            Ok(Some(at)) => {
-                ::tracing::warn!(
-                    applied = pos,
-                    agrees_up_to = at,
-                    "the records stream lost messages this replica applied"
-                );
-                recent.forget_after(at);
-                c.records_applied(at);
+        match streams::agrees_up_to(&c.js, &c.settings.records_stream, &ids, pos).await {
+            Ok(agreed) if agreed < pos && quick => {
+                // Something changed under a server that did not restart
+                // (an operator purged the stream?): look at every id.
+                ::tracing::warn!(applied = pos, agrees_up_to = agreed, "stream changed under this reader; checking");
+                checked = None;
                 continue;
             }
+            Ok(agreed) if agreed < pos => {
+                ::tracing::warn!(
+                    applied = pos,
+                    agrees_up_to = agreed,
+                    "the records stream no longer holds what this replica applied: it lost messages; reading again"
+                );
+                c.records_rewound(agreed);
+                continue;
+            }
+            Ok(_) => checked = Some(server.clone()),
             Err(_) => {
                 tokio::time::sleep(RETRY).await;
                 continue;
@@ -158,14 +157,14 @@ pub async fn run(c: Arc<Cluster>) {
             // replica applied, read again from the position.
             let next = match tokio::time::timeout(super::probe::IDLE, messages.next()).await {
                 Ok(next) => next,
-                Err(_) if c.reader_behind(1) || c.reconnected_since(generation) => {
+                Err(_) if c.reader_behind(1) || c.reconnected_since(generation) || c.server_id() != server => {
                     ::tracing::info!("records reader idle while the stream holds more: reading again");
                     break;
                 }
                 Err(_) => continue,
             };
             let Some(Ok(m)) = next else { break };
-            if c.reconnected_since(generation) {
+            if c.reconnected_since(generation) || c.server_id() != server {
                 break;
             }
             let Ok(info) = m.info() else { continue };
@@ -194,8 +193,7 @@ pub async fn run(c: Arc<Cluster>) {
                     _ => c.metrics.refused.with_label_values(&["unknown_subject"]).inc(),
                 }
             }
-            recent.push(seq, m.headers.as_ref());
-            c.records_applied(seq);
+            c.records_applied(seq, streams::message_id(m.headers.as_ref()));
             let waited = (time::OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0);
             c.set_freshness(1, pending, if pending == 0 { 0.0 } else { waited });
             let _ = m.ack().await;

@@ -59,8 +59,9 @@ async fn resume_point(c: &Cluster, stream: &str, subject: &str) -> Result<Option
     }
 }
 
-/// A reader that follows the log's segment files.
-struct LogReader {
+/// A reader that follows the log's segment files (the shipper; the order
+/// reader when it publishes again batches the stream lost).
+pub(super) struct LogReader {
     dir: PathBuf,
     /// The segment being read: its name, its first bytes, the next offset.
     seg: Option<(String, Vec<u8>, u64)>,
@@ -68,9 +69,19 @@ struct LogReader {
 }
 
 impl LogReader {
+    /// Reads `dir` from LSN `next` on.
+    pub(super) fn new(dir: PathBuf, next: u64) -> LogReader {
+        LogReader { dir, seg: None, next }
+    }
+
+    /// The next LSN it will return.
+    pub(super) fn next(&self) -> u64 {
+        self.next
+    }
+
     /// Reads the records with LSN in `next..=upto` (at most `max`); moves on
     /// to the next segment when this one holds no more.
-    fn read(&mut self, upto: u64, max: usize) -> std::io::Result<Vec<Record>> {
+    pub(super) fn read(&mut self, upto: u64, max: usize) -> std::io::Result<Vec<Record>> {
         use std::io::{Read, Seek, SeekFrom};
         let mut out = Vec::new();
         let mut moved = false;

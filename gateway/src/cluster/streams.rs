@@ -166,20 +166,32 @@ pub async fn last_sequence(js: &jetstream::Context, stream: &str) -> Result<u64,
 /// stream sequence (the first copy's, when the stream dropped this one as a
 /// duplicate of a retried post).
 pub async fn publish_authority(c: &Cluster, kind: &str, at: u64, body: Vec<u8>) -> Result<u64, String> {
-    use sha2::Digest;
-    let id = format!("auth-{}", hex::encode(sha2::Sha256::digest(&body)));
+    publish_signed(c, kind, &at.to_string(), body.into()).await
+}
+
+/// Publishes an authority batch exactly as signed, with its kind and
+/// accepted time, under `Nats-Msg-Id: auth-<sha256 of the body>`: a post
+/// retried, or a batch published again by several replicas after the
+/// stream lost it, lands once within the duplicate window.
+pub async fn publish_signed(c: &Cluster, kind: &str, at: &str, body: bytes::Bytes) -> Result<u64, String> {
+    let id = format!("auth-{}", body_sha256(&body));
     let mut h = HeaderMap::new();
     h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
     h.insert(H_KIND, kind);
-    h.insert(H_AT, at.to_string().as_str());
+    h.insert(H_AT, at);
     h.insert(H_NODE, c.settings.node.as_str());
-    let ack =
-        c.js.publish_with_headers(c.settings.authority_subject(), h, body.into()).await.map_err(|e| e.to_string())?;
+    let ack = c.js.publish_with_headers(c.settings.authority_subject(), h, body).await.map_err(|e| e.to_string())?;
     let ack = tokio::time::timeout(Duration::from_secs(10), ack)
         .await
         .map_err(|_| "no acknowledgement from JetStream".to_string())?
         .map_err(|e| e.to_string())?;
     Ok(ack.sequence)
+}
+
+/// SHA-256 of a batch as signed and published, in hex.
+pub fn body_sha256(body: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(body))
 }
 
 /// A header's value as text.
@@ -188,47 +200,83 @@ pub fn header<'a>(h: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
 }
 
 /// How many (stream sequence, message id) pairs a reader remembers of what
-/// it applied.
-pub const RECENT_IDS: usize = 1024;
+/// it applied, and checks against the stream (and saves with its positions).
+pub const RECENT_IDS: usize = 256;
 
-/// What a reader applied last, by stream sequence: to tell a stream that
-/// lost its tail (nats-server killed before its own fsync) and has since
-/// given the same sequences to other messages.
+/// What a reader applied last, by stream sequence, oldest first: to tell a
+/// stream that lost its tail (nats-server killed before its own fsync) and
+/// has since given the same sequences to other messages.
 #[derive(Default)]
 pub struct Recent(std::collections::VecDeque<(u64, String)>);
 
 impl Recent {
-    pub fn push(&mut self, seq: u64, headers: Option<&HeaderMap>) {
-        let id = header(headers, MSG_ID).unwrap_or_default();
-        self.0.push_back((seq, id.to_owned()));
+    /// What was saved with the positions.
+    pub fn from_saved(ids: Vec<(u64, String)>) -> Recent {
+        let mut r = Recent(ids.into());
+        r.trim();
+        r
+    }
+
+    fn trim(&mut self) {
         while self.0.len() > RECENT_IDS {
             self.0.pop_front();
         }
+    }
+
+    pub fn push(&mut self, seq: u64, id: String) {
+        self.0.push_back((seq, id));
+        self.trim();
     }
 
     pub fn forget_after(&mut self, seq: u64) {
         self.0.retain(|(s, _)| *s <= seq);
     }
 
-    /// Where the stream still holds what this reader applied: `None` when
-    /// it does at `pos`; `Some(p)`, `p < pos`, when the messages after `p`
-    /// are not the ones applied (read again from `p + 1`).
-    pub async fn diverged(&self, js: &jetstream::Context, stream: &str, pos: u64) -> Result<Option<u64>, String> {
-        let Some(&(oldest, _)) = self.0.front() else { return Ok(None) };
-        if pos == 0 {
-            return Ok(None);
-        }
-        let st = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-        for (seq, id) in self.0.iter().rev().filter(|(s, _)| *s <= pos) {
-            let there = match st.get_raw_message(*seq).await {
-                Ok(m) => header(Some(&m.headers), MSG_ID).map(str::to_owned),
+    /// The pairs at or below `pos`, oldest first.
+    pub fn upto(&self, pos: u64) -> Vec<(u64, String)> {
+        self.0.iter().filter(|(s, _)| *s <= pos).cloned().collect()
+    }
+}
+
+/// The message id a message carries ("" when none).
+pub fn message_id(h: Option<&HeaderMap>) -> String {
+    header(h, MSG_ID).unwrap_or_default().to_owned()
+}
+
+/// How far `stream` still holds what a reader applied up to `pos`, given
+/// the ids it remembers (`ids`, oldest first, contiguous up to `pos`): the
+/// first remembered sequence where the stream now holds another message or
+/// none marks the end of the agreement. When even the oldest remembered one
+/// differs, nothing below it can be trusted either: 0, read it all again.
+/// With no ids to compare (positions from before they were saved), only a
+/// stream ending before `pos` is seen.
+pub async fn agrees_up_to(
+    js: &jetstream::Context,
+    stream: &str,
+    ids: &[(u64, String)],
+    pos: u64,
+) -> Result<u64, String> {
+    if pos == 0 {
+        return Ok(0);
+    }
+    let mut st = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let last = st.info().await.map_err(|e| e.to_string())?.state.last_sequence;
+    if ids.is_empty() {
+        return Ok(pos.min(last));
+    }
+    for (i, (seq, id)) in ids.iter().enumerate() {
+        let there = if *seq > last {
+            None
+        } else {
+            match st.get_raw_message(*seq).await {
+                Ok(m) => Some(message_id(Some(&m.headers))),
                 Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
                 Err(e) => return Err(e.to_string()),
-            };
-            if there.unwrap_or_default() == *id {
-                return Ok((*seq < pos).then_some(*seq));
             }
+        };
+        if there.as_deref() != Some(id.as_str()) {
+            return Ok(if i == 0 { 0 } else { seq - 1 });
         }
-        Ok(Some(oldest.saturating_sub(1)))
     }
+    Ok(pos.min(last))
 }

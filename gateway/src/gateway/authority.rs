@@ -160,7 +160,7 @@ impl Gateway {
         // milliseconds of CPU under the feed order's lock: not on a worker.
         let logged = super::off_workers(|| {
             batch.verify(&self.live().authority_keys).and_then(|changes| {
-                let event = Event::Updates { seq: batch.seq, changes };
+                let event = Event::Updates { seq: batch.seq, changes, signed: None };
                 self.in_feed_order(batch.seq, event, None)
             })
         });
@@ -177,7 +177,7 @@ impl Gateway {
         // The revocation filter is rebuilt whole: not on a worker.
         let logged = super::off_workers(|| {
             batch.verify(&self.live().authority_keys).and_then(|()| {
-                let event = Event::Revocations { seq: batch.seq, entries: batch.revocations.clone() };
+                let event = Event::Revocations { seq: batch.seq, entries: batch.revocations.clone(), signed: None };
                 self.in_feed_order(batch.seq, event, None)
             })
         });
@@ -234,25 +234,30 @@ impl Gateway {
     /// the same checks as a posted one (signature by this replica's own
     /// keys, sequence after the last applied), logged and applied as at
     /// `at`, the time the replica that received it accepted it, so that
-    /// every replica stores the same `since`. Returns the epoch and the LSN
-    /// of its log record; counted like a posted batch.
+    /// every replica stores the same `since`. The log keeps `signed`, the
+    /// batch as published, so that it can be published again if the stream
+    /// loses it. Returns the epoch and the LSN of its log record; counted
+    /// like a posted batch.
     pub fn apply_replicated(
         &self,
         batch: &super::replica::AuthorityBatch,
+        signed: bytes::Bytes,
         at: UnixSecs,
     ) -> Result<(u64, u64), FeedError> {
         use super::replica::AuthorityBatch;
         let keys = &self.live().authority_keys;
+        let signed = Some(signed);
         let (kind, logged) = match batch {
             AuthorityBatch::Updates(b) => (
                 "updates",
-                b.verify(keys)
-                    .and_then(|changes| self.in_feed_order(b.seq, Event::Updates { seq: b.seq, changes }, Some(at))),
+                b.verify(keys).and_then(|changes| {
+                    self.in_feed_order(b.seq, Event::Updates { seq: b.seq, changes, signed }, Some(at))
+                }),
             ),
             AuthorityBatch::Revocations(b) => (
                 "revocations",
                 b.verify(keys).and_then(|()| {
-                    let event = Event::Revocations { seq: b.seq, entries: b.revocations.clone() };
+                    let event = Event::Revocations { seq: b.seq, entries: b.revocations.clone(), signed };
                     self.in_feed_order(b.seq, event, Some(at))
                 }),
             ),

@@ -41,13 +41,13 @@ impl Gateway {
             self.metrics.feed_last_batch_time.set(i64::try_from(at).unwrap_or(i64::MAX));
         }
         match event {
-            Event::Updates { seq, changes } => {
+            Event::Updates { seq, changes, .. } => {
                 let epoch = self.store.apply_changes(changes, at);
                 self.metrics.feed_changes.inc_by(changes.len() as u64);
                 self.set_feed_seq_at_least(*seq);
                 epoch
             }
-            Event::Revocations { seq, entries } => {
+            Event::Revocations { seq, entries, .. } => {
                 self.add_revocations(entries, at, self.live().revocation_filter);
                 self.set_feed_seq_at_least(*seq);
                 self.store.bump_epoch()

@@ -31,7 +31,7 @@ pub enum AuthorityBatch {
 
 /// Where a replica stands in the shared streams, captured before a
 /// snapshot reads the store and saved once it is in place.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Positions {
     /// Last order-stream message applied.
     pub order: u64,
@@ -39,6 +39,38 @@ pub struct Positions {
     pub feed_seq: u64,
     /// Last records-stream message applied.
     pub records: u64,
+    /// The message ids of the last order-stream messages applied, by stream
+    /// sequence, up to `order`: at start the replica checks that the stream
+    /// still holds them there (a restarted nats-server may have lost them and
+    /// given their sequences to other messages).
+    #[serde(default)]
+    pub order_ids: Vec<(u64, String)>,
+    /// The same for the records stream, up to `records`.
+    #[serde(default)]
+    pub records_ids: Vec<(u64, String)>,
+    /// The last authority batches applied (all in the store the snapshot
+    /// reads), oldest first: a duplicate of one is skipped, not refused, and
+    /// one the stream lost is published again from the log.
+    #[serde(default)]
+    pub batches: Vec<AppliedBatch>,
+    /// True when `batches` holds every authority batch this replica applied
+    /// since it first read the order stream from its start.
+    #[serde(default)]
+    pub batches_from_start: bool,
+}
+
+/// An authority batch a replica applied: enough to know a byte-identical
+/// copy and to find the batch in the replica's own log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppliedBatch {
+    /// The authority's sequence.
+    pub seq: u64,
+    /// The order-stream sequence it was last read at.
+    pub stream: u64,
+    /// The LSN of its record in this replica's log (0: not logged).
+    pub lsn: u64,
+    /// SHA-256 of the batch as signed and published, in hex.
+    pub sha256: String,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

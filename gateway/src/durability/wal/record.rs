@@ -15,9 +15,17 @@
 //! kind 2 updates:     seq u64 | count u32 | count × (holder [16] | colour u8 | steps)
 //! kind 3 revocations: seq u64 | count u32 | count × (target u8 | id [16] | expires u64, 0 = never)
 //! kind 4 check-in:    holder [16] | day u16 | temperature f32 | symptoms u8 | effect
+//! kind 5 updates, signed:     as kind 2, then signed body len u32 + bytes
+//! kind 6 revocations, signed: as kind 3, then signed body len u32 + bytes
 //! effect:             flags u8 (1 health, 2 enter, 4 exit, 8 colour) | [group u16] | [colour u8 | steps]
 //! steps:              n u8 | n × (until u64 | then u8)
 //! ```
+//!
+//! Kinds 5 and 6 (since 0.2) are what a replica logs for an authority batch
+//! read from its cluster's order stream: the decoded changes, as kinds 2
+//! and 3, and the batch exactly as signed and published, so that a replica
+//! can publish it again if the stream loses it (docs/CLUSTER.md). A single
+//! gateway still writes kinds 2 and 3, and every kind stays readable.
 
 use crate::clock::UnixSecs;
 use crate::codec::TARGET_LEN;
@@ -43,9 +51,25 @@ pub struct ScanRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Scan(ScanRecord),
-    Updates { seq: u64, changes: Vec<ColorChange> },
-    Revocations { seq: u64, entries: Vec<Revocation> },
-    Checkin { holder: HolderId, day: u16, temperature_c: f32, symptoms: u8, effect: Effect },
+    /// `signed`: the batch as the authority signed it (JSON, signature
+    /// included), when it came through a cluster's order stream.
+    Updates {
+        seq: u64,
+        changes: Vec<ColorChange>,
+        signed: Option<bytes::Bytes>,
+    },
+    Revocations {
+        seq: u64,
+        entries: Vec<Revocation>,
+        signed: Option<bytes::Bytes>,
+    },
+    Checkin {
+        holder: HolderId,
+        day: u16,
+        temperature_c: f32,
+        symptoms: u8,
+        effect: Effect,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +84,8 @@ const KIND_SCAN: u8 = 1;
 const KIND_UPDATES: u8 = 2;
 const KIND_REVOCATIONS: u8 = 3;
 const KIND_CHECKIN: u8 = 4;
+const KIND_UPDATES_SIGNED: u8 = 5;
+const KIND_REVOCATIONS_SIGNED: u8 = 6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("undecodable log record: {0}")]
@@ -96,14 +122,24 @@ fn put_effect(out: &mut Vec<u8>, e: &Effect) {
     }
 }
 
+/// The signed body of a batch from the order stream (kinds 5 and 6).
+fn put_signed(out: &mut Vec<u8>, signed: Option<&[u8]>) {
+    if let Some(b) = signed {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+}
+
 impl Record {
     /// Appends the payload bytes (without the frame) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.lsn.to_le_bytes());
         let kind = match self.event {
             Event::Scan(_) => KIND_SCAN,
-            Event::Updates { .. } => KIND_UPDATES,
-            Event::Revocations { .. } => KIND_REVOCATIONS,
+            Event::Updates { signed: None, .. } => KIND_UPDATES,
+            Event::Revocations { signed: None, .. } => KIND_REVOCATIONS,
+            Event::Updates { signed: Some(_), .. } => KIND_UPDATES_SIGNED,
+            Event::Revocations { signed: Some(_), .. } => KIND_REVOCATIONS_SIGNED,
             Event::Checkin { .. } => KIND_CHECKIN,
         };
         out.push(kind);
@@ -122,7 +158,7 @@ impl Record {
                 out.push(s.reason as u8);
                 put_effect(out, &s.effect);
             }
-            Event::Updates { seq, changes } => {
+            Event::Updates { seq, changes, signed } => {
                 out.extend_from_slice(&seq.to_le_bytes());
                 out.extend_from_slice(&(changes.len() as u32).to_le_bytes());
                 for c in changes {
@@ -130,14 +166,16 @@ impl Record {
                     out.push(c.color as u8);
                     put_steps(out, &c.steps);
                 }
+                put_signed(out, signed.as_deref());
             }
-            Event::Revocations { seq, entries } => {
+            Event::Revocations { seq, entries, signed } => {
                 out.extend_from_slice(&seq.to_le_bytes());
                 out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
                 for r in entries {
                     out.extend_from_slice(&r.target.to_disk());
                     out.extend_from_slice(&r.expires.unwrap_or(0).to_le_bytes());
                 }
+                put_signed(out, signed.as_deref());
             }
             Event::Checkin { holder, day, temperature_c, symptoms, effect } => {
                 out.extend_from_slice(&holder.0);
@@ -186,7 +224,7 @@ impl Record {
                     effect,
                 })
             }
-            KIND_UPDATES => {
+            KIND_UPDATES | KIND_UPDATES_SIGNED => {
                 let seq = r.u64()?;
                 let n = r.u32()? as usize;
                 let mut changes = Vec::with_capacity(n.min(1 << 16));
@@ -195,9 +233,10 @@ impl Record {
                     let color = r.color()?;
                     changes.push(ColorChange { holder, color, steps: r.steps()? });
                 }
-                Event::Updates { seq, changes }
+                let signed = if kind == KIND_UPDATES_SIGNED { Some(r.signed()?) } else { None };
+                Event::Updates { seq, changes, signed }
             }
-            KIND_REVOCATIONS => {
+            KIND_REVOCATIONS | KIND_REVOCATIONS_SIGNED => {
                 let seq = r.u64()?;
                 let n = r.u32()? as usize;
                 let mut entries = Vec::with_capacity(n.min(1 << 16));
@@ -207,7 +246,8 @@ impl Record {
                     let expires = r.u64()?;
                     entries.push(Revocation { target, expires: (expires != 0).then_some(expires) });
                 }
-                Event::Revocations { seq, entries }
+                let signed = if kind == KIND_REVOCATIONS_SIGNED { Some(r.signed()?) } else { None };
+                Event::Revocations { seq, entries, signed }
             }
             KIND_CHECKIN => Event::Checkin {
                 holder: HolderId(r.arr()?),
@@ -247,6 +287,10 @@ impl<'a> Reader<'a> {
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.arr()?))
+    }
+    fn signed(&mut self) -> Result<bytes::Bytes, DecodeError> {
+        let n = self.u32()? as usize;
+        Ok(bytes::Bytes::copy_from_slice(self.take(n)?))
     }
     fn color(&mut self) -> Result<Color, DecodeError> {
         Color::try_from(self.u8()?).map_err(|_| DecodeError("bad colour"))
@@ -318,7 +362,11 @@ mod tests {
             Record {
                 lsn: 3,
                 at: 12,
-                event: Event::Updates { seq: 5, changes: vec![ColorChange { holder: h, color: Color::Red, steps }] },
+                event: Event::Updates {
+                    seq: 5,
+                    changes: vec![ColorChange { holder: h, color: Color::Red, steps: steps.clone() }],
+                    signed: None,
+                },
             },
             Record {
                 lsn: 4,
@@ -329,6 +377,25 @@ mod tests {
                         Revocation { target: Target::Holder(h), expires: Some(50) },
                         Revocation { target: Target::Serial(u64::MAX), expires: None },
                     ],
+                    signed: None,
+                },
+            },
+            Record {
+                lsn: 6,
+                at: 15,
+                event: Event::Updates {
+                    seq: 7,
+                    changes: vec![ColorChange { holder: h, color: Color::Yellow, steps }],
+                    signed: Some(bytes::Bytes::from_static(br#"{"seq":7,"signature":"x"}"#)),
+                },
+            },
+            Record {
+                lsn: 7,
+                at: 16,
+                event: Event::Revocations {
+                    seq: 8,
+                    entries: vec![Revocation { target: Target::Holder(h), expires: None }],
+                    signed: Some(bytes::Bytes::new()),
                 },
             },
             Record {
