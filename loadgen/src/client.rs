@@ -43,12 +43,14 @@ use crate::wire::{Connection, RequestHead};
 use hyper::header::HeaderValue;
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Sleep;
 
 /// Default of [`Settings::ahead`]: a few seconds at commuter rates, ~12 MB.
 pub const AHEAD: usize = 1 << 15;
@@ -201,13 +203,14 @@ impl Shared {
     }
 
     /// One exchange on the lane's connection, (re)connecting if needed;
-    /// `request` is the lane's buffer for the request's bytes. Any failure
-    /// drops the connection: its state is unknown.
+    /// `request` is the lane's buffer for the request's bytes, `timer` its
+    /// timeout. Any failure drops the connection: its state is unknown.
     async fn exchange(
         &self,
         target: usize,
         conn: &mut Option<Connection>,
         request: &mut Vec<u8>,
+        mut timer: Pin<&mut Sleep>,
         scan: &Scan,
     ) -> (Outcome, Option<String>, Option<String>) {
         let now = Instant::now();
@@ -227,8 +230,17 @@ impl Shared {
             let c = conn.as_mut().expect("connected above");
             c.exchange(request, MAX_ANSWER).await.map_err(|e| e.to_string())
         };
+        // The lane's one timer, moved later for each exchange: the deadlines
+        // only grow, so tokio extends the registered entry in place instead
+        // of inserting a timer into its wheel and removing it per request.
         let until = (now + self.timeout).min(self.deadline);
-        match tokio::time::timeout_at(tokio::time::Instant::from_std(until), attempt).await {
+        timer.as_mut().reset(tokio::time::Instant::from_std(until));
+        let answer = tokio::select! {
+            biased;
+            answer = attempt => Ok(answer),
+            () = timer => Err(()),
+        };
+        match answer {
             Ok(Ok(status)) => {
                 let body = conn.as_ref().expect("the answer came on it").body();
                 let (outcome, mismatch) = check(&scan.expect, status, body, self.check);
@@ -281,8 +293,11 @@ async fn lane(
 ) {
     // The request's bytes, formatted into the same buffer every time.
     let mut request = Vec::with_capacity(1024);
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(shared.deadline));
+    tokio::pin!(timer);
     while let Some(p) = jobs.recv().await {
-        let (outcome, mismatch, error) = shared.exchange(target, &mut conn, &mut request, &p.scan).await;
+        let (outcome, mismatch, error) =
+            shared.exchange(target, &mut conn, &mut request, timer.as_mut(), &p.scan).await;
         if let Some(e) = error {
             if shared.errors_shown.fetch_add(1, Ordering::Relaxed) < SHOW_ERRORS {
                 eprintln!("error: {} request ({}): {e}", p.scan.kind.name(), outcome_name(outcome));
