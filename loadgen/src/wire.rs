@@ -320,7 +320,9 @@ impl Connection {
             if size == 0 {
                 break;
             }
-            let size = usize::try_from(size).ok().filter(|s| self.body.len() + s <= max_body);
+            // Checked: the size is the peer's number, up to 2^64 - 1.
+            let size =
+                usize::try_from(size).ok().filter(|s| self.body.len().checked_add(*s).is_some_and(|t| t <= max_body));
             let size = size.ok_or(WireError::TooLong(max_body))?;
             while self.read.len() < at + size + 2 {
                 self.fill().await?;
@@ -474,6 +476,11 @@ mod tests {
         assert!(matches!(c.exchange(GET, 100).await, Err(WireError::Closed)));
 
         let e = canned(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n"], 1000).await;
+        let mut c = open(&e).await;
+        assert!(matches!(c.exchange(GET, 100).await, Err(WireError::TooLong(100))));
+
+        let huge = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffff\r\n";
+        let e = canned(vec![huge], 1000).await;
         let mut c = open(&e).await;
         assert!(matches!(c.exchange(GET, 100).await, Err(WireError::TooLong(100))));
 
