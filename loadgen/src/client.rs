@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!  producer thread ──planned──▶ dispatcher thread ──job──▶ lane 0..N ──completion──▶ recorder
-//!  (schedule + cases,           (sleeps until each        (tokio task, one         (tokio task:
-//!   signs ahead)                 instant, µs precision)    connection, FIFO)        histograms, progress)
+//!  (schedule + cases,           (wakes per tick, sends    (tokio task, one         (tokio task:
+//!   signs ahead)                 all that is due)          connection, FIFO)        histograms, progress)
 //! ```
 //!
 //! - The producer walks the [`Schedule`], asks the [`Generator`] for each
@@ -16,7 +16,13 @@
 //! - The dispatcher sends each request at its intended instant whatever the
 //!   answers are doing (open loop). It is an OS thread with minimal timer
 //!   slack, not a tokio task: tokio's 1 ms timer wheel would add up to a
-//!   millisecond of send lag, a fifth of a 5 ms SLO.
+//!   millisecond of send lag, a fifth of a 5 ms SLO. It wakes at most once
+//!   a tick ([`Settings::tick`]) and releases every request due by then in
+//!   one batch.
+//! - A lane speaks HTTP/1.1 itself ([`crate::wire`]): the request's bytes
+//!   are formatted into a buffer it reuses and the answer read into
+//!   another, so an exchange costs a write, a read and no allocation, and
+//!   no second task per connection.
 //! - It hands the request to the lane its holder maps to; a busy lane queues
 //!   it, and its latency still counts from the intended instant. One lane
 //!   per holder keeps each holder's requests in order, which the
@@ -33,20 +39,18 @@ use crate::expect::{check, Outcome};
 use crate::report::{ClientCost, Completion, Recorder, Summary};
 use crate::schedule::Schedule;
 use crate::target::Endpoint;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper::{Method, Request, Uri};
-use hyper_util::rt::TokioIo;
+use crate::wire::{Connection, RequestHead};
+use hyper::header::HeaderValue;
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Sleep;
 
 /// Default of [`Settings::ahead`]: a few seconds at commuter rates, ~12 MB.
 pub const AHEAD: usize = 1 << 15;
@@ -56,10 +60,11 @@ const CHUNK: usize = 64;
 /// The producer's nice value: it works seconds ahead, so it yields the CPU
 /// to the dispatcher, the connections and, on a shared machine, the target.
 const PRODUCER_NICE: libc::c_int = 10;
-/// The dispatcher sleeps at least this long, so that at high rates it wakes
-/// at most 20 000 times a second and sends what is due in a batch; a send
-/// is then up to this much late (never early), and the latency counts it.
-const MIN_SLEEP: Duration = Duration::from_micros(50);
+/// Default of [`Settings::tick`].
+pub const TICK: Duration = Duration::from_micros(100);
+/// The longest tick allowed: beyond it the send lag would be a visible
+/// part of a millisecond-scale latency.
+pub const MAX_TICK: Duration = Duration::from_millis(10);
 /// A send this much after its instant counts as late: the dispatcher (or
 /// the producer feeding it) could not keep up.
 const LATE: Duration = Duration::from_millis(1);
@@ -75,8 +80,6 @@ const SHOW_ERRORS: usize = 5;
 pub enum RunError {
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: SocketAddr, source: std::io::Error },
-    #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
     #[error("TLS handshake with {addr} failed: {source}")]
     Tls { addr: SocketAddr, source: std::io::Error },
     #[error(
@@ -129,6 +132,12 @@ pub struct Settings {
     /// Compare every answer with its expectation (off for baselines).
     pub check: bool,
     pub max_backlog: usize,
+    /// The dispatcher sleeps at least this long between wake-ups, then
+    /// releases every request that has come due in one batch (one clock
+    /// read, one counter update, lanes woken together), so that at high
+    /// rates it wakes at most once a tick, not once per request. A send is
+    /// then up to a tick late (never early), and the latency counts it.
+    pub tick: Duration,
     /// Requests prepared (token signed) before they are due, ~350 bytes each.
     pub ahead: usize,
     pub max_errors: u64,
@@ -150,10 +159,8 @@ struct Shared {
     t0: Instant,
     /// Where each connection goes (by index): address, `Host` and TLS.
     targets: Vec<Endpoint>,
-    bearer: HeaderValue,
-    json: HeaderValue,
-    scan_uri: Uri,
-    base_path: String,
+    /// The request line and headers for each target, formatted once.
+    heads: Vec<RequestHead>,
     timeout: Duration,
     /// The end of the schedule plus `timeout`: every request is due by the
     /// schedule's end, so one still waiting or unanswered now has waited
@@ -171,39 +178,23 @@ struct Shared {
     completions: mpsc::UnboundedSender<Completion>,
 }
 
-type Conn = SendRequest<Full<Bytes>>;
-
-async fn connect(endpoint: &Endpoint) -> Result<Conn, RunError> {
+async fn connect(endpoint: &Endpoint) -> Result<Connection, RunError> {
     let addr = endpoint.addr;
     let stream = TcpStream::connect(addr).await.map_err(|source| RunError::Connect { addr, source })?;
     // Requests are small and answers awaited one at a time: Nagle would
     // only add delay.
     stream.set_nodelay(true).map_err(|source| RunError::Connect { addr, source })?;
     match &endpoint.tls {
-        None => handshake(addr, stream).await,
+        None => Ok(Connection::plain(stream)),
         Some(tls) => {
             let stream = tls
                 .connector
                 .connect(tls.name.clone(), stream)
                 .await
                 .map_err(|source| RunError::Tls { addr, source })?;
-            handshake(addr, stream).await
+            Ok(Connection::tls(stream))
         }
     }
-}
-
-async fn handshake<S>(addr: SocketAddr, stream: S) -> Result<Conn, RunError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) =
-        http1::handshake(TokioIo::new(stream)).await.map_err(|source| RunError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        // Ends when the sender is dropped or the peer closes; a failure
-        // shows up on the next send.
-        let _ = conn.await;
-    });
-    Ok(sender)
 }
 
 impl Shared {
@@ -211,54 +202,48 @@ impl Shared {
         &self.targets[conn % self.targets.len()]
     }
 
-    fn request(&self, target: usize, scan: &Scan) -> Request<Full<Bytes>> {
-        let (method, uri, body) = match &scan.request {
-            Req::Scan(body) => (Method::POST, self.scan_uri.clone(), body.clone()),
-            Req::Lookup(h) => {
-                let uri = format!("{}/v1/holders/{}", self.base_path, h.to_hex()).parse().expect("hex is a valid path");
-                (Method::GET, uri, Bytes::new())
-            }
-        };
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        let h = req.headers_mut();
-        h.insert(HOST, self.target(target).host.clone());
-        h.insert(AUTHORIZATION, self.bearer.clone());
-        if matches!(scan.request, Req::Scan(_)) {
-            h.insert(CONTENT_TYPE, self.json.clone());
-        }
-        req
-    }
-
-    /// One exchange on the lane's connection, (re)connecting if needed.
-    /// Any failure drops the connection: its state is unknown.
+    /// One exchange on the lane's connection, (re)connecting if needed;
+    /// `request` is the lane's buffer for the request's bytes, `timer` its
+    /// timeout. Any failure drops the connection: its state is unknown.
     async fn exchange(
         &self,
         target: usize,
-        conn: &mut Option<Conn>,
+        conn: &mut Option<Connection>,
+        request: &mut Vec<u8>,
+        mut timer: Pin<&mut Sleep>,
         scan: &Scan,
     ) -> (Outcome, Option<String>, Option<String>) {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return (Outcome::Timeout, None, None);
+        }
+        let head = &self.heads[target % self.heads.len()];
+        match &scan.request {
+            Req::Scan(body) => head.scan(body, request),
+            Req::Lookup(h) => head.lookup(&h.0, request),
+        }
         let attempt = async {
-            if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            if !conn.as_mut().is_some_and(Connection::usable) {
                 *conn = None;
                 *conn = Some(connect(self.target(target)).await.map_err(|e| e.to_string())?);
             }
             let c = conn.as_mut().expect("connected above");
-            c.ready().await.map_err(|e| e.to_string())?;
-            let resp = c.send_request(self.request(target, scan)).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let body =
-                Limited::new(resp.into_body(), MAX_ANSWER).collect().await.map_err(|e| e.to_string())?.to_bytes();
-            Ok::<_, String>((status, body))
+            c.exchange(request, MAX_ANSWER).await.map_err(|e| e.to_string())
         };
-        if Instant::now() >= self.deadline {
-            return (Outcome::Timeout, None, None);
-        }
-        let until = (Instant::now() + self.timeout).min(self.deadline);
-        match tokio::time::timeout_at(tokio::time::Instant::from_std(until), attempt).await {
-            Ok(Ok((status, body))) => {
-                let (outcome, mismatch) = check(&scan.expect, status, &body, self.check);
+        // The lane's one timer, moved later for each exchange: the deadlines
+        // only grow, so tokio extends the registered entry in place instead
+        // of inserting a timer into its wheel and removing it per request.
+        let until = (now + self.timeout).min(self.deadline);
+        timer.as_mut().reset(tokio::time::Instant::from_std(until));
+        let answer = tokio::select! {
+            biased;
+            answer = attempt => Ok(answer),
+            () = timer => Err(()),
+        };
+        match answer {
+            Ok(Ok(status)) => {
+                let body = conn.as_ref().expect("the answer came on it").body();
+                let (outcome, mismatch) = check(&scan.expect, status, body, self.check);
                 let error = outcome
                     .is_error()
                     .then(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])));
@@ -300,9 +285,19 @@ impl Shared {
 }
 
 /// A virtual turnstile: one connection, one request in flight, FIFO.
-async fn lane(shared: Arc<Shared>, target: usize, mut conn: Option<Conn>, mut jobs: mpsc::UnboundedReceiver<Planned>) {
+async fn lane(
+    shared: Arc<Shared>,
+    target: usize,
+    mut conn: Option<Connection>,
+    mut jobs: mpsc::UnboundedReceiver<Planned>,
+) {
+    // The request's bytes, formatted into the same buffer every time.
+    let mut request = Vec::with_capacity(1024);
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(shared.deadline));
+    tokio::pin!(timer);
     while let Some(p) = jobs.recv().await {
-        let (outcome, mismatch, error) = shared.exchange(target, &mut conn, &p.scan).await;
+        let (outcome, mismatch, error) =
+            shared.exchange(target, &mut conn, &mut request, timer.as_mut(), &p.scan).await;
         if let Some(e) = error {
             if shared.errors_shown.fetch_add(1, Ordering::Relaxed) < SHOW_ERRORS {
                 eprintln!("error: {} request ({}): {e}", p.scan.kind.name(), outcome_name(outcome));
@@ -344,40 +339,55 @@ fn precise_timers() {
 }
 
 /// Sends each planned request at its instant (open loop): sleeps with
-/// `std::thread::sleep` on its own thread, hands the request to its lane,
-/// and never waits for anything else. Returns (late sends, max lag).
+/// `std::thread::sleep` on its own thread until the next request is due,
+/// wakes at most once a tick, releases every request due by then to its
+/// lane in one batch, and never waits for anything else. Returns (late
+/// sends, max lag).
 fn dispatch(
     shared: &Shared,
     planned: std::sync::mpsc::Receiver<Vec<Planned>>,
     lanes: Vec<mpsc::UnboundedSender<Planned>>,
     max_backlog: usize,
+    tick: Duration,
     dispatched: &AtomicU64,
 ) -> (u64, Duration) {
     precise_timers();
     let (mut late, mut max_lag) = (0u64, Duration::ZERO);
     let n = lanes.len() as u64;
-    for p in planned.into_iter().flatten() {
-        let due = shared.t0 + p.at;
+    let mut planned = planned.into_iter().flatten().peekable();
+    // Reused for every batch: no allocation per wake-up.
+    let mut batch: Vec<Planned> = Vec::with_capacity(1024);
+    while let Some(next) = planned.peek() {
         let now = Instant::now();
+        let due = shared.t0 + next.at;
         if due > now {
-            std::thread::sleep((due - now).max(MIN_SLEEP));
-        }
-        let lag = Instant::now().saturating_duration_since(due);
-        if lag > LATE {
-            late += 1;
-            max_lag = max_lag.max(lag);
-        }
-        dispatched.fetch_add(1, Ordering::Relaxed);
-        // The cleanup is exempt: it is bounded, and a dropped `out` would
-        // leave its holder inside for the next run.
-        if p.phase.is_some() && shared.backlog.load(Ordering::Relaxed) >= max_backlog {
-            shared.lose(&p.scan);
-            shared.complete(&p, Outcome::Overflow, None);
+            std::thread::sleep((due - now).max(tick));
             continue;
         }
-        shared.backlog.fetch_add(1, Ordering::Relaxed);
-        let lane = &lanes[(p.scan.lane_key % n) as usize];
-        lane.send(p).expect("lanes run until their sender is dropped");
+        // Everything due by `now` goes in this batch.
+        batch.extend(std::iter::from_fn(|| planned.next_if(|p| shared.t0 + p.at <= now)));
+        // Counted into the backlog before any lane can answer (and count
+        // it out); the cap is checked against what this batch adds.
+        let mut backlog = shared.backlog.fetch_add(batch.len(), Ordering::Relaxed);
+        dispatched.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for p in batch.drain(..) {
+            let lag = now.saturating_duration_since(shared.t0 + p.at);
+            if lag > LATE {
+                late += 1;
+                max_lag = max_lag.max(lag);
+            }
+            // The cleanup is exempt: it is bounded, and a dropped `out`
+            // would leave its holder inside for the next run.
+            if p.phase.is_some() && backlog >= max_backlog {
+                shared.backlog.fetch_sub(1, Ordering::Relaxed);
+                shared.lose(&p.scan);
+                shared.complete(&p, Outcome::Overflow, None);
+                continue;
+            }
+            backlog += 1;
+            let lane = &lanes[(p.scan.lane_key % n) as usize];
+            lane.send(p).expect("lanes run until their sender is dropped");
+        }
     }
     (late, max_lag)
 }
@@ -448,7 +458,7 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
         let endpoint = targets[i % targets.len()].clone();
         conns.spawn(async move { (i, connect(&endpoint).await) });
     }
-    let mut ready: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
+    let mut ready: Vec<Option<Connection>> = (0..n).map(|_| None).collect();
     while let Some(c) = conns.join_next().await {
         let (i, c) = c.expect("connect does not panic");
         ready[i] = Some(c?);
@@ -505,16 +515,12 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
     }
 
     let (completions, mut completed) = mpsc::unbounded_channel();
-    let base_path = settings.endpoint.base_path.clone();
     let t0 = Instant::now();
     let shared = Arc::new(Shared {
         t0,
         deadline: t0 + schedule.duration() + settings.timeout,
+        heads: targets.iter().map(|t| RequestHead::new(t, settings.bearer.as_bytes())).collect(),
         targets,
-        bearer: settings.bearer.clone(),
-        json: HeaderValue::from_static("application/json"),
-        scan_uri: format!("{base_path}/v1/scan").parse().expect("a valid path"),
-        base_path,
         timeout: settings.timeout,
         check: settings.check,
         backlog: Arc::new(AtomicUsize::new(0)),
@@ -565,10 +571,11 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
         lane_tasks.spawn(lane(shared.clone(), i, conn, rx));
     }
     let dispatcher = {
-        let (shared, dispatched, max_backlog) = (shared.clone(), dispatched.clone(), settings.max_backlog);
+        let (shared, dispatched, max_backlog, tick) =
+            (shared.clone(), dispatched.clone(), settings.max_backlog, settings.tick);
         std::thread::Builder::new()
             .name("loadgen-dispatch".into())
-            .spawn(move || dispatch(&shared, planned, lanes, max_backlog, &dispatched))
+            .spawn(move || dispatch(&shared, planned, lanes, max_backlog, tick, &dispatched))
             .expect("spawning a thread")
     };
     let (late, max_lag) = tokio::task::spawn_blocking(move || dispatcher.join())
@@ -605,10 +612,13 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
 mod tests {
     use super::*;
     use crate::cases::{CaseMix, World};
+    use bytes::Bytes;
     use healthgate_core::population::{Mix, Population};
+    use http_body_util::{BodyExt, Full};
     use hyper::server::conn::http1 as server;
     use hyper::service::service_fn;
-    use hyper::Response;
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
     use std::convert::Infallible;
 
     fn generator() -> Generator {
@@ -662,6 +672,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             check: false,
             max_backlog: 100_000,
+            tick: TICK,
             ahead: AHEAD,
             max_errors: 0,
             show_mismatches: 0,
@@ -844,6 +855,52 @@ mod tests {
             }
         });
         (addr, count)
+    }
+
+    /// A server that answers `pass` and notes when each request arrived.
+    async fn noting_server() -> (SocketAddr, Arc<Mutex<Vec<Instant>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let noted = arrivals.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let noted = noted.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        noted.lock().unwrap().push(Instant::now());
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                br#"{"decision":"pass","color":"green","reason":"ok","epoch":1}"#,
+                            ))))
+                        }
+                    });
+                    let _ = server::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        (addr, arrivals)
+    }
+
+    /// With a 10 ms tick, 2 000 requests a second leave in batches, one a
+    /// tick, not one every 0.5 ms: the arrivals come in ~50 bursts
+    /// separated by quiet gaps. All of them are still sent and answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_dispatcher_releases_what_is_due_once_a_tick() {
+        let (addr, arrivals) = noting_server().await;
+        let mut s = settings(addr, 16);
+        s.tick = Duration::from_millis(10);
+        let sum = returns(s, Schedule::constant(2000.0, Duration::from_millis(500)).unwrap()).await;
+        assert_eq!((sum.scheduled, sum.answered), (1000, 1000), "{sum}");
+        let mut at = arrivals.lock().unwrap().clone();
+        at.sort();
+        // Unbatched, consecutive arrivals are ~0.5 ms apart; batched, the
+        // gaps between bursts are ~10 ms. A loaded machine only adds gaps,
+        // so the bound is on the quiet gaps seen, not on their length.
+        let quiet = at.windows(2).filter(|w| w[1] - w[0] >= Duration::from_millis(4)).count();
+        assert!(quiet >= 25, "{quiet} quiet gaps in {} arrivals", at.len());
     }
 
     /// Several replica URLs: the connections are spread over all of them,

@@ -13,6 +13,8 @@
 //! - [`report`]: HDR histograms from the intended send time, the progress
 //!   line and the summary.
 //! - [`target`]: the demo's `env.json` and endpoints.
+//! - [`wire`]: the HTTP/1.1 client of one connection: requests formatted
+//!   into reused buffers, answers parsed in place, no task per connection.
 //!
 //! # Invariants
 //!
@@ -28,6 +30,7 @@ pub mod expect;
 pub mod report;
 pub mod schedule;
 pub mod target;
+pub mod wire;
 
 pub use cases::{Api, CaseMix, Generator, World};
 pub use client::{run, Settings};
