@@ -198,7 +198,7 @@ impl Indexer {
             let gate = gate.clone();
             std::thread::Builder::new().name("healthgate-index".into()).spawn(move || {
                 // Off the acknowledgement path: yield the CPU to scans.
-                wal::set_thread_background();
+                wal::set_thread_nice(10);
                 index_loop(&index, &indexed, &failed, &shared, &gate, &*log, rx)
             })?
         };

@@ -516,28 +516,6 @@ pub fn set_thread_nice(nice: i32) {
     }
 }
 
-/// Makes the calling thread background work: the `SCHED_IDLE` policy, so
-/// that any request worker, verifier or the log writer that wakes up takes
-/// the CPU from it at once (a nice value only lowers its share, and it
-/// could still hold a core for milliseconds while a scan waits), and the
-/// idle I/O class, so that the disk serves the log's writes first. Neither
-/// needs privileges; failures are ignored. Under a load that keeps every
-/// core busy such a thread falls behind: only work that may lag (the
-/// tracing index, preparing the next log segment) runs this way.
-pub fn set_thread_background() {
-    // SAFETY: sched_setscheduler with pid 0 and a valid sched_param, and
-    // ioprio_set with the calling thread's id, only change this thread's
-    // scheduling; neither touches memory of ours beyond the param read.
-    unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        let _ = libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
-        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-        const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-        let tid = libc::syscall(libc::SYS_gettid);
-        let _ = libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, IOPRIO_CLASS_IDLE << 13);
-    }
-}
-
 /// How closely records have been arriving: a moving average of the gap
 /// between two records reaching the writer.
 #[derive(Default)]

@@ -93,7 +93,7 @@ impl FsStorage {
         }
         let (path, len) = (self.dir.join(PREPARED), self.prealloc);
         let spawned = std::thread::Builder::new().name("healthgate-wal-prep".into()).spawn(move || {
-            crate::durability::wal::set_thread_background();
+            crate::durability::wal::set_thread_nice(10);
             let f = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
             write_zeros_gently(f, len)
         });
