@@ -85,7 +85,7 @@
 //! every 64, as before), a commit per log batch meant a durable commit every
 //! 32 ms at 2 000 scans/s, and the log's fsync p99 rose from 0.4 to 2 ms
 //! (`scripts/bench-durability.sh`, docs/PERFORMANCE.md). The indexer also
-//! paces its commits ([`crate::durability::indexer`]), so that the commit
+//! paces its commits (see the indexer), so that the commit
 //! bound is a backstop. Measured on the development machine, 1 M visits in
 //! batches of 1 000: a durable commit for every batch indexed 32 k visits/s
 //! into a 321 MB file; one every 32 batches 77 k/s into 516 MB;
