@@ -58,7 +58,7 @@ start_demo() {
   fi
   echo "starting a demo gateway (population $SIZE)" >&2
   rm -f "$WORK/demo/env.json"
-  "$BIN/healthgate" demo --dir "$WORK/demo" --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 \
+  "$BIN/healthgate" demo --dir "$WORK/demo" --fresh --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 \
     >"$WORK/demo.log" 2>&1 &
   DEMO=$!
   PIDS+=("$DEMO")
