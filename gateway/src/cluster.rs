@@ -323,6 +323,19 @@ impl Cluster {
         self.js.client().server_info().server_id
     }
 
+    /// The ids a reader of stream 0 (order) or 1 (records) checks against
+    /// the stream, and whether that is the quick check: every id once per
+    /// server (`checked` names the server last checked in full; one that
+    /// did not restart lost nothing), the last one otherwise.
+    fn ids_to_check(&self, stream: usize, checked: Option<&str>, server: &str) -> (Vec<(u64, String)>, bool) {
+        let mut ids = self.recent_ids(stream);
+        let quick = checked == Some(server);
+        if quick {
+            ids = ids.split_off(ids.len().saturating_sub(1));
+        }
+        (ids, quick)
+    }
+
     /// The ids of the messages applied up to the position of stream 0
     /// (order) or 1 (records).
     fn recent_ids(&self, stream: usize) -> Vec<(u64, String)> {

@@ -201,13 +201,7 @@ pub async fn run(c: Arc<Cluster>) {
         let generation = c.connections.load(std::sync::atomic::Ordering::Acquire);
         let server = c.server_id();
         let (pos, _) = c.order_position();
-        // Every id once per server (a server that did not restart lost
-        // nothing), the last one otherwise.
-        let mut ids = c.recent_ids(0);
-        let quick = checked.as_deref() == Some(server.as_str());
-        if quick {
-            ids = ids.split_off(ids.len().saturating_sub(1));
-        }
+        let (ids, quick) = c.ids_to_check(0, checked.as_deref(), &server);
         match streams::agrees_up_to(&c.js, &c.settings.order_stream, &ids, pos).await {
             Ok(agreed) if agreed < pos && quick => {
                 // Something changed under a server that did not restart

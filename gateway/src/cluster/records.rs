@@ -110,13 +110,7 @@ pub async fn run(c: Arc<Cluster>) {
         // sequences to newer ones: read again from where the stream still
         // holds what was applied (the senders publish again what it lost;
         // merging is idempotent and the indexes skip what they hold).
-        // Every id once per server (a server that did not restart lost
-        // nothing), the last one otherwise.
-        let mut ids = c.recent_ids(1);
-        let quick = checked.as_deref() == Some(server.as_str());
-        if quick {
-            ids = ids.split_off(ids.len().saturating_sub(1));
-        }
+        let (ids, quick) = c.ids_to_check(1, checked.as_deref(), &server);
         match streams::agrees_up_to(&c.js, &c.settings.records_stream, &ids, pos).await {
             Ok(agreed) if agreed < pos && quick => {
                 // Something changed under a server that did not restart
