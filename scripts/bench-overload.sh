@@ -25,6 +25,12 @@
 # RATE1=<found by the ramp> LOOKUP_RATE=500 TRACE_EVERY=0.2 THREADS=<CPUs>
 # KEEP=1 (keep the work folder with every JSON summary); BUILD=0 uses the
 # release binaries already built instead of building them first.
+# GATEWAY_CPUS / LOADGEN_CPUS (taskset lists): the CPUs each side may run
+# on. By default, on a machine of two CPUs or more, the gateway gets CPU 0
+# and every other process of the run the rest, so that the load generator
+# asking for 4x never takes the gateway's CPU: the figures are then those
+# of a one-CPU gateway. GATEWAY_CPUS=all shares every CPU (the load
+# generator competes with the gateway).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,14 +41,35 @@ SLO=${SLO:-5ms}
 RATE1=${RATE1:-}
 LOOKUP_RATE=${LOOKUP_RATE:-500}
 TRACE_EVERY=${TRACE_EVERY:-0.2}
-THREADS=${THREADS:-$(nproc)}
+NCPU=$(nproc)
+if [ "$NCPU" -ge 2 ]; then
+  GATEWAY_CPUS=${GATEWAY_CPUS:-0}
+  LOADGEN_CPUS=${LOADGEN_CPUS:-1-$((NCPU - 1))}
+else
+  GATEWAY_CPUS=${GATEWAY_CPUS:-all}
+fi
+[ "$GATEWAY_CPUS" = all ] && LOADGEN_CPUS=all
+# Runs a command on the given CPUs (all: anywhere).
+on_cpus() {
+  local cpus=$1
+  shift
+  if [ "$cpus" = all ]; then "$@"; else taskset -c "$cpus" "$@"; fi
+}
+if [ "$LOADGEN_CPUS" = all ]; then
+  THREADS=${THREADS:-$NCPU}
+else
+  THREADS=${THREADS:-$(taskset -c "$LOADGEN_CPUS" nproc)}
+fi
 # Every token of a run is signed before its clock starts.
 SIGN_AHEAD=${SIGN_AHEAD:-2000000}
 
-for tool in jq curl; do command -v "$tool" >/dev/null || { echo "bench-overload needs $tool" >&2; exit 1; }; done
+for tool in jq curl taskset; do command -v "$tool" >/dev/null || { echo "bench-overload needs $tool" >&2; exit 1; }; done
 
 [ "${BUILD:-1}" = 0 ] || cargo build --release -p healthgate -p healthgate-loadgen
 BIN=${CARGO_TARGET_DIR:-target}/release
+# This script and all it starts (load generator, probes) run on
+# LOADGEN_CPUS; the gateway is moved to GATEWAY_CPUS as it starts.
+[ "$LOADGEN_CPUS" = all ] || taskset -cp "$LOADGEN_CPUS" $$ >/dev/null
 
 . scripts/bench-lib.sh
 bench_work overload
@@ -58,7 +85,7 @@ start_demo() {
   fi
   echo "starting a demo gateway (population $SIZE)" >&2
   rm -f "$WORK/demo/env.json"
-  "$BIN/healthgate" demo --dir "$WORK/demo" --fresh --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 \
+  on_cpus "$GATEWAY_CPUS" "$BIN/healthgate" demo --dir "$WORK/demo" --fresh --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 \
     >"$WORK/demo.log" 2>&1 &
   DEMO=$!
   PIDS+=("$DEMO")
@@ -168,7 +195,8 @@ done
 
 ms() { awk -v u="$1" 'BEGIN { if (u == "null" || u == "") print "n/a"; else printf "%.2f", u / 1000 }'; }
 echo
-echo "== healthgate overload benchmark: $(nproc) CPUs (shared machine: load average before the run $LOAD_BEFORE)," \
+echo "== healthgate overload benchmark: $NCPU CPUs, gateway on CPUs $GATEWAY_CPUS, load generator on $LOADGEN_CPUS" \
+  "(load average before the run $LOAD_BEFORE)," \
   "$CONNECTIONS connections, ${DURATION} s a step"
 echo "1x = $RATE1 scans/s (the highest ramp step with p99 under $SLO${RATE1:+, or RATE1})"
 printf "%-4s %8s %9s %8s %8s %8s %9s %9s %8s %8s %9s %9s\n" step asked/s admitted/s p50ms p99ms p99.9ms \

@@ -8,9 +8,14 @@
 //! * Requests of the public side (and tracing queries on the admin side)
 //!   take a slot for their work; there are `max_in_flight` slots.
 //! * Gate **scans** come first. A scan takes a free slot, or waits for one
-//!   up to the queueing budget (`scan_queue_budget_ms`); past it, or when
-//!   the runtime is already running that late, it is refused at once with
-//!   `overloaded` rather than answered slowly.
+//!   up to the queueing budget (`scan_queue_budget_ms`); past it it is
+//!   refused at once with `overloaded` rather than answered slowly. A
+//!   burst may queue for the whole budget, but once scans have queued
+//!   without a break for [`STANDING_QUEUE`] the gateway is overloaded, not
+//!   in a burst, and a scan waits at most a fifth of the budget: in a
+//!   queue that never empties every admitted scan would otherwise have
+//!   waited nearly the whole budget (the controlled delay of CoDel, as
+//!   large services use it for their request queues).
 //! * The **lower classes** (check-ins, holder status, the inspector's page,
 //!   tracing, the filter export) never wait: they are refused (`shed`)
 //!   while half the slots are taken, while any scan waits for a slot, or
@@ -29,6 +34,14 @@
 //! admitted work is in flight: an idle gateway on a busy machine is late
 //! for reasons refusing cannot fix.
 //!
+//! Lateness sheds the lower classes but never refuses a scan. Under a
+//! flood of scans it is the refusals' own work (reading, parsing and
+//! answering each request) that makes the runtime late, so refusing scans
+//! for it refuses the very work the gateway can still do: with scans
+//! refused on lateness a fourfold flood left a quarter of the capacity
+//! answered. The slots bound the scans' own work; the budget bounds their
+//! wait for one.
+//!
 //! Every refusal is counted by class and reason.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
@@ -41,6 +54,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const PROBE_TICK: Duration = Duration::from_millis(1);
 /// Lateness is the least of this many ticks in a row (8 ms or more).
 const PROBE_WINDOW: usize = 8;
+/// Scans queued for a slot without a break this long are a standing queue:
+/// overload, not a burst.
+pub const STANDING_QUEUE: Duration = Duration::from_millis(100);
+/// In a standing queue a scan waits at most the budget divided by this.
+const STANDING_QUEUE_DIVISOR: u32 = 5;
 
 /// What a request is, in the order it is served under overload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +128,27 @@ impl Drop for Slot {
     }
 }
 
+/// A scan waiting for a slot, counted until dropped: also when the request
+/// is dropped while it waits (its client went away).
+struct Waiting<'a>(&'a Admission);
+
+impl<'a> Waiting<'a> {
+    fn new(a: &'a Admission) -> Self {
+        if a.waiting_scans.fetch_add(1, Ordering::AcqRel) == 0 {
+            a.queue_empty();
+        }
+        Waiting(a)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting_scans.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.queue_empty();
+        }
+    }
+}
+
 pub struct Admission {
     slots: Arc<Semaphore>,
     settings: AdmissionSettings,
@@ -118,6 +157,11 @@ pub struct Admission {
     lower_limit: usize,
     /// Scans waiting for a slot right now.
     waiting_scans: AtomicUsize,
+    /// When no scan was waiting for a slot last, in microseconds since
+    /// `started`.
+    queue_empty_us: AtomicU64,
+    /// tokio's clock, so that tests can pause it.
+    started: tokio::time::Instant,
     /// How late the runtime ran lately, in microseconds (see the module).
     lag_us: AtomicU64,
     metrics: AdmissionMetrics,
@@ -154,6 +198,8 @@ impl Admission {
             settings,
             lower_limit: slots.div_ceil(2),
             waiting_scans: AtomicUsize::new(0),
+            queue_empty_us: AtomicU64::new(0),
+            started: tokio::time::Instant::now(),
             lag_us: AtomicU64::new(0),
             metrics: AdmissionMetrics {
                 refused: Class::ALL.map(|c| {
@@ -206,21 +252,35 @@ impl Admission {
 
     async fn admit_scan(&self) -> Option<OwnedSemaphorePermit> {
         let budget = self.settings.scan_queue_budget;
-        // Already running later than the budget: whatever slot it got, the
-        // answer would come late. Refuse now, cheaply.
-        if self.lag() > budget {
-            return None;
-        }
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            if self.waiting_scans.load(Ordering::Relaxed) == 0 {
+                self.queue_empty();
+            }
             return Some(p);
         }
         if budget.is_zero() {
             return None;
         }
-        self.waiting_scans.fetch_add(1, Ordering::Relaxed);
-        let waited = tokio::time::timeout(budget, self.slots.clone().acquire_owned()).await;
-        self.waiting_scans.fetch_sub(1, Ordering::Relaxed);
+        let _waiting = Waiting::new(self);
+        let wait = if self.standing_queue() { budget / STANDING_QUEUE_DIVISOR } else { budget };
+        let waited = tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await;
         waited.ok()?.ok()
+    }
+
+    fn since_start_us(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Notes that no scan is waiting for a slot now.
+    fn queue_empty(&self) {
+        self.queue_empty_us.store(self.since_start_us(), Ordering::Relaxed);
+    }
+
+    /// Whether scans have been waiting for slots without a break for
+    /// [`STANDING_QUEUE`].
+    fn standing_queue(&self) -> bool {
+        let empty_at = self.queue_empty_us.load(Ordering::Relaxed);
+        self.since_start_us().saturating_sub(empty_at) > STANDING_QUEUE.as_micros() as u64
     }
 
     fn admit_lower(&self) -> Option<OwnedSemaphorePermit> {
@@ -295,17 +355,61 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_late_runtime_refuses_scans_at_once_while_work_is_in_flight() {
+    async fn a_late_runtime_sheds_lower_classes_but_still_takes_scans() {
         let a = admission(8, 2);
         a.lag_us.store(3_000, Ordering::Relaxed);
         // Nothing in flight: the lateness is not ours.
         let first = a.admit(Class::Status).await.unwrap();
-        assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::Overloaded));
+        // Work in flight and the runtime late: the lower classes go, scans
+        // still come in (refusing them would not make the runtime earlier).
         assert_eq!(a.admit(Class::Status).await.err(), Some(Refusal::Shed));
-        // Between half the budget and the budget: scans only.
+        let scan = a.admit(Class::Scan).await.unwrap();
+        // Between half the budget and the budget: lower classes still go.
         a.lag_us.store(1_500, Ordering::Relaxed);
-        assert!(a.admit(Class::Scan).await.is_ok());
         assert_eq!(a.admit(Class::Export).await.err(), Some(Refusal::Shed));
-        drop(first);
+        a.lag_us.store(500, Ordering::Relaxed);
+        assert!(a.admit(Class::Export).await.is_ok());
+        drop((first, scan));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_a_standing_queue_a_scan_waits_a_fifth_of_the_budget() {
+        let a = std::sync::Arc::new(admission(1, 50));
+        let held = a.admit(Class::Scan).await.unwrap();
+        // A burst: the first waiter waits the whole budget.
+        let started = tokio::time::Instant::now();
+        assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::Overloaded));
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        // Scans kept queueing for longer than STANDING_QUEUE: from then on
+        // a waiter waits a fifth of the budget.
+        // (Two waiters, the second 25 ms after the first, so that the
+        // queue never empties.)
+        let queue = |after: u64| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                loop {
+                    let _ = a.admit(Class::Scan).await;
+                }
+            })
+        };
+        let queue = [queue(0), queue(25)];
+        tokio::time::sleep(STANDING_QUEUE + Duration::from_millis(60)).await;
+        let started = tokio::time::Instant::now();
+        assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::Overloaded));
+        assert_eq!(started.elapsed(), Duration::from_millis(10));
+        for q in queue {
+            q.abort();
+            let _ = q.await;
+        }
+        // Their scans were dropped while they waited: not counted any more.
+        assert_eq!(a.waiting_scans.load(Ordering::Relaxed), 0);
+        // The queue emptied: a burst waits the whole budget again.
+        drop(held);
+        let held = a.admit(Class::Scan).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::Overloaded));
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        drop(held);
     }
 }
