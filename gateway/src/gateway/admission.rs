@@ -10,12 +10,12 @@
 //! * Gate **scans** come first. A scan takes a free slot, or waits for one
 //!   up to the queueing budget (`scan_queue_budget_ms`); past it it is
 //!   refused at once with `overloaded` rather than answered slowly. A
-//!   burst may queue for the whole budget, but once scans have queued
-//!   without a break for [`STANDING_QUEUE`] the gateway is overloaded, not
-//!   in a burst, and a scan waits at most a fifth of the budget: in a
-//!   queue that never empties every admitted scan would otherwise have
-//!   waited nearly the whole budget (the controlled delay of CoDel, as
-//!   large services use it for their request queues).
+//!   burst may queue for the whole budget, but within [`OVERLOADED_FOR`]
+//!   of a scan refused `overloaded` the gateway is overloaded, not in a
+//!   burst, and a scan waits at most a fifth of the budget: in a queue
+//!   that stays full every admitted scan would otherwise have waited
+//!   nearly the whole budget (the controlled delay of CoDel, as large
+//!   services use it for their request queues).
 //! * The **lower classes** (check-ins, holder status, the inspector's page,
 //!   tracing, the filter export) never wait: they are refused (`shed`)
 //!   while half the slots are taken, while any scan waits for a slot, or
@@ -54,11 +54,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const PROBE_TICK: Duration = Duration::from_millis(1);
 /// Lateness is the least of this many ticks in a row (8 ms or more).
 const PROBE_WINDOW: usize = 8;
-/// Scans queued for a slot without a break this long are a standing queue:
-/// overload, not a burst.
-pub const STANDING_QUEUE: Duration = Duration::from_millis(100);
-/// In a standing queue a scan waits at most the budget divided by this.
-const STANDING_QUEUE_DIVISOR: u32 = 5;
+/// For this long after a scan was refused `overloaded` the gateway counts as
+/// overloaded rather than in a burst...
+pub const OVERLOADED_FOR: Duration = Duration::from_millis(100);
+/// ...and a scan waits at most the budget divided by this.
+const OVERLOADED_DIVISOR: u32 = 5;
 
 /// What a request is, in the order it is served under overload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,18 +134,14 @@ struct Waiting<'a>(&'a Admission);
 
 impl<'a> Waiting<'a> {
     fn new(a: &'a Admission) -> Self {
-        if a.waiting_scans.fetch_add(1, Ordering::AcqRel) == 0 {
-            a.queue_empty();
-        }
+        a.waiting_scans.fetch_add(1, Ordering::Relaxed);
         Waiting(a)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if self.0.waiting_scans.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.queue_empty();
-        }
+        self.0.waiting_scans.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -157,9 +153,9 @@ pub struct Admission {
     lower_limit: usize,
     /// Scans waiting for a slot right now.
     waiting_scans: AtomicUsize,
-    /// When no scan was waiting for a slot last, in microseconds since
-    /// `started`.
-    queue_empty_us: AtomicU64,
+    /// When a scan was last refused `overloaded`, in microseconds since
+    /// `started` (`u64::MAX`: never).
+    refused_us: AtomicU64,
     /// tokio's clock, so that tests can pause it.
     started: tokio::time::Instant,
     /// How late the runtime ran lately, in microseconds (see the module).
@@ -198,7 +194,7 @@ impl Admission {
             settings,
             lower_limit: slots.div_ceil(2),
             waiting_scans: AtomicUsize::new(0),
-            queue_empty_us: AtomicU64::new(0),
+            refused_us: AtomicU64::new(u64::MAX),
             started: tokio::time::Instant::now(),
             lag_us: AtomicU64::new(0),
             metrics: AdmissionMetrics {
@@ -253,34 +249,30 @@ impl Admission {
     async fn admit_scan(&self) -> Option<OwnedSemaphorePermit> {
         let budget = self.settings.scan_queue_budget;
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            if self.waiting_scans.load(Ordering::Relaxed) == 0 {
-                self.queue_empty();
-            }
             return Some(p);
         }
         if budget.is_zero() {
             return None;
         }
         let _waiting = Waiting::new(self);
-        let wait = if self.standing_queue() { budget / STANDING_QUEUE_DIVISOR } else { budget };
-        let waited = tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await;
-        waited.ok()?.ok()
+        let wait = if self.overloaded() { budget / OVERLOADED_DIVISOR } else { budget };
+        match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
+            Ok(p) => p.ok(),
+            Err(_) => {
+                self.refused_us.store(self.since_start_us(), Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     fn since_start_us(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX - 1)
     }
 
-    /// Notes that no scan is waiting for a slot now.
-    fn queue_empty(&self) {
-        self.queue_empty_us.store(self.since_start_us(), Ordering::Relaxed);
-    }
-
-    /// Whether scans have been waiting for slots without a break for
-    /// [`STANDING_QUEUE`].
-    fn standing_queue(&self) -> bool {
-        let empty_at = self.queue_empty_us.load(Ordering::Relaxed);
-        self.since_start_us().saturating_sub(empty_at) > STANDING_QUEUE.as_micros() as u64
+    /// Whether a scan was refused `overloaded` within [`OVERLOADED_FOR`].
+    fn overloaded(&self) -> bool {
+        let refused = self.refused_us.load(Ordering::Relaxed);
+        refused != u64::MAX && self.since_start_us().saturating_sub(refused) < OVERLOADED_FOR.as_micros() as u64
     }
 
     fn admit_lower(&self) -> Option<OwnedSemaphorePermit> {
@@ -373,40 +365,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn in_a_standing_queue_a_scan_waits_a_fifth_of_the_budget() {
+    async fn once_a_scan_was_refused_a_scan_waits_a_fifth_of_the_budget() {
         let a = std::sync::Arc::new(admission(1, 50));
         let held = a.admit(Class::Scan).await.unwrap();
         // A burst: the first waiter waits the whole budget.
         let started = tokio::time::Instant::now();
         assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::Overloaded));
         assert_eq!(started.elapsed(), Duration::from_millis(50));
-        // Scans kept queueing for longer than STANDING_QUEUE: from then on
-        // a waiter waits a fifth of the budget.
-        // (Two waiters, the second 25 ms after the first, so that the
-        // queue never empties.)
-        let queue = |after: u64| {
-            let a = a.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(after)).await;
-                loop {
-                    let _ = a.admit(Class::Scan).await;
-                }
-            })
-        };
-        let queue = [queue(0), queue(25)];
-        tokio::time::sleep(STANDING_QUEUE + Duration::from_millis(60)).await;
+        // It was refused: from then on a waiter waits a fifth of it.
         let started = tokio::time::Instant::now();
         assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::Overloaded));
         assert_eq!(started.elapsed(), Duration::from_millis(10));
-        for q in queue {
-            q.abort();
-            let _ = q.await;
-        }
-        // Their scans were dropped while they waited: not counted any more.
+        // A scan dropped while it waits (its client went away) is no longer
+        // counted as waiting.
+        let waiter = {
+            let a = a.clone();
+            tokio::spawn(async move { a.admit(Class::Scan).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(a.waiting_scans.load(Ordering::Relaxed), 1);
+        waiter.abort();
+        let _ = waiter.await;
         assert_eq!(a.waiting_scans.load(Ordering::Relaxed), 0);
-        // The queue emptied: a burst waits the whole budget again.
-        drop(held);
-        let held = a.admit(Class::Scan).await.unwrap();
+        // No refusal for OVERLOADED_FOR: a burst waits the whole budget
+        // again.
+        tokio::time::sleep(OVERLOADED_FOR).await;
         let started = tokio::time::Instant::now();
         assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::Overloaded));
         assert_eq!(started.elapsed(), Duration::from_millis(50));
