@@ -98,14 +98,8 @@ pub async fn run_with(
         tls_on(|t| t.public),
         stopped(stop_rx.clone()),
     ));
-    let admin = tokio::spawn(crate::serving::http::serve(
-        listeners.admin,
-        Listener::Admin,
-        gw.clone(),
-        config.server.clone(),
-        tls_on(|t| t.admin),
-        stopped(stop_rx),
-    ));
+    let admin =
+        admin_thread(listeners.admin, gw.clone(), config.server.clone(), tls_on(|t| t.admin), stopped(stop_rx))?;
 
     let recovered = {
         let (gw2, config2) = (gw.clone(), config.clone());
@@ -155,7 +149,7 @@ pub async fn run_with(
     gw.start_draining();
     let _ = stop_tx.send(true);
     let _ = public.await;
-    let _ = admin.await;
+    let _ = tokio::task::spawn_blocking(move || admin.join()).await;
     probe.abort();
     // In-flight requests are answered; write a last snapshot and close the log.
     if let Some(c) = gw.replica() {
@@ -164,6 +158,43 @@ pub async fn run_with(
     let gw2 = gw.clone();
     let _ = tokio::task::spawn_blocking(move || gw2.close_log()).await;
     result
+}
+
+/// Serves the admin listener on a runtime of its own, one worker thread:
+/// health, metrics and the authority feed stay responsive however long the
+/// public side's run queue grows under a flood (the operating system
+/// schedules the admin thread by itself, not behind thousands of public
+/// connections' tasks). Ends when `shutdown` does and every admin
+/// connection has drained.
+fn admin_thread(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    settings: ServerSettings,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, RunError> {
+    let task = |e: std::io::Error| RunError::Task(format!("starting the admin listener's thread: {e}"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("healthgate-admin")
+        .enable_all()
+        .build()
+        .map_err(task)?;
+    // A listener belongs to the runtime it was registered with: hand the
+    // socket over, registered again on the admin runtime.
+    let listener = {
+        let _admin = runtime.enter();
+        TcpListener::from_std(listener.into_std().map_err(task)?).map_err(task)?
+    };
+    std::thread::Builder::new()
+        .name("healthgate-admin".into())
+        .spawn(move || {
+            runtime.block_on(crate::serving::http::serve(listener, Listener::Admin, gw, settings, tls, shutdown));
+            // Blocking tasks still running (a tracing query cut short)
+            // are not waited for.
+            runtime.shutdown_background();
+        })
+        .map_err(task)
 }
 
 /// Periodic snapshots and retention purges, off the request path.
