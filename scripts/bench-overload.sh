@@ -23,6 +23,8 @@
 #
 # Settings (environment): DURATION=10 CONNECTIONS=2000 SIZE=100000 SLO=5ms
 # RATE1=<found by the ramp> LOOKUP_RATE=500 TRACE_EVERY=0.2 THREADS=<CPUs>
+# PROFILE=1: the gateway under perf during the 4x step; where its CPU went
+# (by thread and by library, then the request workers' top symbols).
 # KEEP=1 (keep the work folder with every JSON summary); BUILD=0 uses the
 # release binaries already built instead of building them first.
 # GATEWAY_CPUS / LOADGEN_CPUS (taskset lists): the CPUs each side may run
@@ -64,6 +66,10 @@ fi
 SIGN_AHEAD=${SIGN_AHEAD:-2000000}
 
 for tool in jq curl taskset; do command -v "$tool" >/dev/null || { echo "bench-overload needs $tool" >&2; exit 1; }; done
+if [ "${PROFILE:-0}" = 1 ] && ! command -v perf >/dev/null; then
+  echo "PROFILE=1 needs perf (Debian: linux-perf)" >&2
+  exit 1
+fi
 
 [ "${BUILD:-1}" = 0 ] || cargo build --release -p healthgate -p healthgate-loadgen
 BIN=${CARGO_TARGET_DIR:-target}/release
@@ -183,8 +189,16 @@ for m in 1 2 4; do
   PIDS+=($!)
   lookups=$!
   sleep 2
+  if [ "${PROFILE:-0}" = 1 ] && [ "$m" = 4 ]; then
+    # Only the gateway's running time is sampled: the load generator's
+    # signing before its clock starts leaves the gateway idle.
+    perf record -q -F 499 -g -p "$DEMO" -o "$WORK/perf-4x.data" -- sleep $((DURATION + 8)) >/dev/null 2>&1 &
+    PIDS+=($!)
+    perf_pid=$!
+  fi
   loadgen "scan-$m" --rate "$rate" --duration "${DURATION}s" --connections "$CONNECTIONS" \
     --sign-ahead "$SIGN_AHEAD" --max-backlog 1000000 --case-seed $((20 + m))
+  [ -n "${perf_pid:-}" ] && { wait "$perf_pid" || true; perf_pid=; }
   # Recovery: the moment the scans' run returned (its answers drained), a
   # light probe.
   loadgen "probe-$m" --rate 200 --duration 2s --connections 16 --case-seed $((30 + m))
@@ -247,3 +261,11 @@ for m in 1 2 4; do
     printf "  after %dx: the probe right after the load: p99 %.2f ms, %d refused (%s)\n", m, p / 1000, r,
       (p <= slo && r == 0) ? "recovered" : "NOT recovered" }'
 done
+if [ "${PROFILE:-0}" = 1 ] && [ -f "$WORK/perf-4x.data" ]; then
+  echo
+  echo "where the gateway's CPU went during the 4x step (perf, share of its samples):"
+  perf report -i "$WORK/perf-4x.data" --no-children --sort comm,dso -g none 2>/dev/null | grep -v '^#' | grep . | head -12
+  echo "the request workers' top symbols:"
+  perf report -i "$WORK/perf-4x.data" --no-children --comm tokio-rt-worker --sort sym -g none 2>/dev/null |
+    grep -v '^#' | grep . | head -15
+fi
