@@ -1,10 +1,12 @@
-//! The open-loop driver: a producer thread, a dispatcher, many virtual
-//! turnstiles (HTTP/1.1 keep-alive connections) and the recorder.
+//! The open-loop driver: a producer thread and worker threads, each worker
+//! owning its share of the virtual turnstiles (HTTP/1.1 keep-alive
+//! connections), pacing their sends and recording their answers itself.
 //!
 //! ```text
-//!  producer thread ──planned──▶ dispatcher thread ──job──▶ lane 0..N ──completion──▶ recorder
-//!  (schedule + cases,           (wakes per tick, sends    (tokio task, one         (tokio task:
-//!   signs ahead)                 all that is due)          connection, FIFO)        histograms, progress)
+//!  producer thread ──planned, split by worker──▶ worker thread 0..W (one event loop each)
+//!  (schedule + cases,                            pacer: wakes per tick, releases what is due
+//!   signs ahead)                                 lanes: one connection each, FIFO
+//!                                                recorder: histograms of its lanes' answers
 //! ```
 //!
 //! - The producer walks the [`Schedule`], asks the [`Generator`] for each
@@ -13,21 +15,25 @@
 //!   the send is late, the lateness is charged to latency and the summary
 //!   says so). The clock starts once that many are ready: with `ahead` at
 //!   least the run's count, no signing competes with the target at all.
-//! - The dispatcher sends each request at its intended instant whatever the
-//!   answers are doing (open loop). It is an OS thread with minimal timer
-//!   slack, not a tokio task: tokio's 1 ms timer wheel would add up to a
-//!   millisecond of send lag, a fifth of a 5 ms SLO. It wakes at most once
-//!   a tick ([`Settings::tick`]) and releases every request due by then in
-//!   one batch.
+//!   Each request goes to the worker that owns its lane.
+//! - Each worker thread runs its own single-threaded event loop: its pacer
+//!   sends each of the worker's requests at its intended instant whatever
+//!   the answers are doing (open loop). It sleeps on a `timerfd` polled by
+//!   that loop (to the microsecond, where tokio's 1 ms timer wheel would
+//!   add up to a millisecond of send lag, a fifth of a 5 ms SLO), wakes at
+//!   most once a tick ([`Settings::tick`]) and releases every request due
+//!   by then in one batch to lanes on the same thread: no thread hands a
+//!   send or an answer to another.
 //! - A lane speaks HTTP/1.1 itself ([`crate::wire`]): the request's bytes
 //!   are formatted into a buffer it reuses and the answer read into
 //!   another, so an exchange costs a write, a read and no allocation, and
-//!   no second task per connection.
-//! - It hands the request to the lane its holder maps to; a busy lane queues
-//!   it, and its latency still counts from the intended instant. One lane
-//!   per holder keeps each holder's requests in order, which the
-//!   expectations depend on (see `cases`): the per-connection queueing of
-//!   wrk2, with the rate split by holder instead of evenly.
+//!   no second task per connection. It records the answer into its
+//!   worker's [`Recorder`]; the workers' recorders are merged at the end.
+//! - A request goes to the lane its holder maps to; a busy lane queues it,
+//!   and its latency still counts from the intended instant. One lane per
+//!   holder keeps each holder's requests in order, which the expectations
+//!   depend on (see `cases`): the per-connection queueing of wrk2, with the
+//!   rate split by holder instead of evenly.
 //! - The backlog (dispatched, not yet answered) is capped: beyond the cap a
 //!   request is not sent and counts as an `overflow` error, so an overloaded
 //!   target costs bounded memory. A lost state-changing request (overflow, refusal,
@@ -41,13 +47,17 @@ use crate::schedule::Schedule;
 use crate::target::Endpoint;
 use crate::wire::{Connection, RequestHead};
 use hyper::header::HeaderValue;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
@@ -58,15 +68,15 @@ pub const AHEAD: usize = 1 << 15;
 /// per request, and short bursts of signing (~1 ms) when it refills.
 const CHUNK: usize = 64;
 /// The producer's nice value: it works seconds ahead, so it yields the CPU
-/// to the dispatcher, the connections and, on a shared machine, the target.
+/// to the workers and, on a shared machine, the target.
 const PRODUCER_NICE: libc::c_int = 10;
 /// Default of [`Settings::tick`].
 pub const TICK: Duration = Duration::from_micros(100);
 /// The longest tick allowed: beyond it the send lag would be a visible
 /// part of a millisecond-scale latency.
 pub const MAX_TICK: Duration = Duration::from_millis(10);
-/// A send this much after its instant counts as late: the dispatcher (or
-/// the producer feeding it) could not keep up.
+/// A send this much after its instant counts as late: the worker (or the
+/// producer feeding it) could not keep up.
 const LATE: Duration = Duration::from_millis(1);
 /// Signing ahead for longer than this makes tokens noticeably older than
 /// their send time.
@@ -127,15 +137,18 @@ pub struct Settings {
     pub bearer: HeaderValue,
     pub api: Api,
     pub connections: usize,
+    /// Worker threads, each with its own event loop, pacer, share of the
+    /// connections and recorder (at most one per connection).
+    pub threads: usize,
     /// For one exchange, from the moment it is written.
     pub timeout: Duration,
     /// Compare every answer with its expectation (off for baselines).
     pub check: bool,
     pub max_backlog: usize,
-    /// The dispatcher sleeps at least this long between wake-ups, then
-    /// releases every request that has come due in one batch (one clock
-    /// read, one counter update, lanes woken together), so that at high
-    /// rates it wakes at most once a tick, not once per request. A send is
+    /// Each worker's pacer sleeps at least this long between wake-ups, then
+    /// releases every request of its share that has come due in one batch
+    /// (one clock read, one counter update, lanes woken together), so that
+    /// at high rates it wakes at most once a tick, not once per request. A send is
     /// then up to a tick late (never early), and the latency counts it.
     pub tick: Duration,
     /// Requests prepared (token signed) before they are due, ~350 bytes each.
@@ -168,14 +181,15 @@ struct Shared {
     /// (a backlogged lane would otherwise take `timeout` per queued request).
     deadline: Instant,
     check: bool,
-    /// Dispatched and not yet answered; the recorder reads it too.
-    backlog: Arc<AtomicUsize>,
+    /// Dispatched and not yet answered, over all workers.
+    backlog: AtomicUsize,
+    /// Dispatched so far, for the progress line.
+    dispatched: AtomicU64,
     errors_shown: AtomicUsize,
     /// Lane keys of holders with a lost state-changing request (see
     /// [`crate::cases::Kind::changes_state`]). A std mutex: nothing awaits while holding
     /// it, and it is touched only on errors and mismatches.
     lost: Mutex<HashSet<u64>>,
-    completions: mpsc::UnboundedSender<Completion>,
 }
 
 async fn connect(endpoint: &Endpoint) -> Result<Connection, RunError> {
@@ -266,7 +280,9 @@ impl Shared {
         }
     }
 
-    fn complete(&self, p: &Planned, outcome: Outcome, mismatch: Option<String>) {
+    /// Records how `p` ended into `rec`, its worker's recorder (locked only
+    /// by its worker, and once a second for the progress line).
+    fn complete(&self, rec: &Mutex<Recorder>, p: &Planned, outcome: Outcome, mismatch: Option<String>) {
         let unverifiable = mismatch.is_some() && self.lost.lock().expect("never poisoned").contains(&p.scan.lane_key);
         let mismatch = if unverifiable { None } else { mismatch };
         let c = Completion {
@@ -278,15 +294,16 @@ impl Shared {
             mismatch,
             unverifiable,
         };
-        // The recorder outlives every lane; a send error means it is gone
-        // because the run is being torn down.
-        let _ = self.completions.send(c);
+        if let Some(line) = rec.lock().expect("never poisoned").record(&c) {
+            eprintln!("{line}");
+        }
     }
 }
 
 /// A virtual turnstile: one connection, one request in flight, FIFO.
 async fn lane(
     shared: Arc<Shared>,
+    rec: Arc<Mutex<Recorder>>,
     target: usize,
     mut conn: Option<Connection>,
     mut jobs: mpsc::UnboundedReceiver<Planned>,
@@ -309,7 +326,7 @@ async fn lane(
             shared.lose(&p.scan);
         }
         shared.backlog.fetch_sub(1, Ordering::Relaxed);
-        shared.complete(&p, outcome, mismatch);
+        shared.complete(&rec, &p, outcome, mismatch);
     }
 }
 
@@ -330,47 +347,145 @@ fn cpu_time(thread: bool) -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// Asks the kernel for the least timer slack on the calling thread, so that
-/// `std::thread::sleep` wakes within microseconds of the instant instead of
-/// the default 50 µs (tokio's timer wheel would add up to 1 ms).
-fn precise_timers() {
-    // SAFETY: PR_SET_TIMERSLACK takes an integer and touches no memory.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+/// A pacer's alarm: a `timerfd` watched by the worker's event loop. The
+/// kernel fires it to the microsecond (no timer slack, unlike a sleeping
+/// `epoll_wait`), and waiting on it lets the same loop serve the lanes'
+/// sockets in the meantime: one thread, at most one wake-up per tick. (A
+/// timer firing every tick on its own, with no system call to set it, woke
+/// the loop four times as often: the pacer mostly sleeps longer than a
+/// tick, while answers keep the loop busy.)
+struct Alarm {
+    fd: AsyncFd<OwnedFd>,
 }
 
-/// Sends each planned request at its instant (open loop): sleeps with
-/// `std::thread::sleep` on its own thread until the next request is due,
-/// wakes at most once a tick, releases every request due by then to its
-/// lane in one batch, and never waits for anything else. Returns (late
-/// sends, max lag).
-fn dispatch(
-    shared: &Shared,
-    planned: std::sync::mpsc::Receiver<Vec<Planned>>,
-    lanes: Vec<mpsc::UnboundedSender<Planned>>,
+impl Alarm {
+    fn new() -> std::io::Result<Alarm> {
+        // SAFETY: timerfd_create takes integer flags and returns a new
+        // descriptor (or -1), owned from here on.
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it; the
+        // `OwnedFd` keeps it open for as long as the `AsyncFd` holds it.
+        let fd = unsafe { AsyncFd::register_with_interest(OwnedFd::from_raw_fd(fd), Interest::READABLE)? };
+        Ok(Alarm { fd })
+    }
+
+    /// Fires once, after `after` (not zero).
+    fn set(&self, after: Duration) -> std::io::Result<()> {
+        let ts = |d: Duration| libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        };
+        let spec = libc::itimerspec { it_interval: ts(Duration::ZERO), it_value: ts(after) };
+        // SAFETY: the descriptor is a timerfd we own; `spec` is only read.
+        match unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+
+    /// Returns after `d` (at once if zero).
+    async fn sleep(&self, d: Duration) {
+        if d.is_zero() {
+            return;
+        }
+        if self.set(d).is_err() {
+            return tokio::time::sleep(d).await;
+        }
+        loop {
+            let Ok(mut ready) = self.fd.readable().await else { return tokio::time::sleep(d).await };
+            let mut expirations = 0u64;
+            let read = ready.try_io(|fd| {
+                // SAFETY: reads at most 8 bytes into a u64 we own.
+                let n = unsafe { libc::read(fd.as_raw_fd(), &mut expirations as *mut u64 as *mut libc::c_void, 8) };
+                if n == 8 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+            match read {
+                Ok(read) => {
+                    if read.is_ok() {
+                        // The read emptied the timer: it is readable again
+                        // only when it fires again, so skip the read that
+                        // would say so.
+                        ready.clear_ready();
+                    }
+                    return;
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// One worker's part of the run, handed to it once the clock starts.
+struct Part {
+    shared: Arc<Shared>,
+    rec: Arc<Mutex<Recorder>>,
     max_backlog: usize,
     tick: Duration,
-    dispatched: &AtomicU64,
+}
+
+/// A worker's pacer: sends each planned request of the worker's share at
+/// its instant (open loop) to the lane it belongs to, on the same thread.
+/// It sleeps on its [`Alarm`] until the next request is due, wakes at most
+/// once a tick, releases every request due by then in one batch, and never
+/// waits for anything else. Returns (late sends, max lag).
+async fn pace(
+    part: &Part,
+    planned: Receiver<Vec<Planned>>,
+    lanes: &[(usize, mpsc::UnboundedSender<Planned>)],
+    connections: u64,
+    workers: u64,
 ) -> (u64, Duration) {
-    precise_timers();
+    let shared = &part.shared;
+    let alarm = Alarm::new().expect("creating a timerfd");
     let (mut late, mut max_lag) = (0u64, Duration::ZERO);
-    let n = lanes.len() as u64;
-    let mut planned = planned.into_iter().flatten().peekable();
-    // Reused for every batch: no allocation per wake-up.
-    let mut batch: Vec<Planned> = Vec::with_capacity(1024);
-    while let Some(next) = planned.peek() {
+    // The chunks received, in schedule order; no allocation per wake-up.
+    let mut queue: VecDeque<Planned> = VecDeque::with_capacity(4 * CHUNK);
+    loop {
+        if queue.is_empty() {
+            match planned.try_recv() {
+                Ok(chunk) => queue.extend(chunk),
+                // The producer is behind (or the run is that short): look
+                // again a tick later.
+                Err(TryRecvError::Empty) => {
+                    alarm.sleep(part.tick).await;
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        let next = queue.front().expect("refilled above");
         let now = Instant::now();
         let due = shared.t0 + next.at;
         if due > now {
-            std::thread::sleep((due - now).max(tick));
+            alarm.sleep((due - now).max(part.tick)).await;
             continue;
         }
-        // Everything due by `now` goes in this batch.
-        batch.extend(std::iter::from_fn(|| planned.next_if(|p| shared.t0 + p.at <= now)));
+        // Everything due by `now` goes in this batch, across chunks.
+        let mut batch = 0;
+        loop {
+            if batch == queue.len() {
+                match planned.try_recv() {
+                    Ok(chunk) => queue.extend(chunk),
+                    Err(_) => break,
+                }
+            }
+            if shared.t0 + queue[batch].at > now {
+                break;
+            }
+            batch += 1;
+        }
         // Counted into the backlog before any lane can answer (and count
         // it out); the cap is checked against what this batch adds.
-        let mut backlog = shared.backlog.fetch_add(batch.len(), Ordering::Relaxed);
-        dispatched.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for p in batch.drain(..) {
+        let mut backlog = shared.backlog.fetch_add(batch, Ordering::Relaxed);
+        shared.dispatched.fetch_add(batch as u64, Ordering::Relaxed);
+        for p in queue.drain(..batch) {
             let lag = now.saturating_duration_since(shared.t0 + p.at);
             if lag > LATE {
                 late += 1;
@@ -378,14 +493,17 @@ fn dispatch(
             }
             // The cleanup is exempt: it is bounded, and a dropped `out`
             // would leave its holder inside for the next run.
-            if p.phase.is_some() && backlog >= max_backlog {
+            if p.phase.is_some() && backlog >= part.max_backlog {
                 shared.backlog.fetch_sub(1, Ordering::Relaxed);
                 shared.lose(&p.scan);
-                shared.complete(&p, Outcome::Overflow, None);
+                shared.complete(&part.rec, &p, Outcome::Overflow, None);
                 continue;
             }
             backlog += 1;
-            let lane = &lanes[(p.scan.lane_key % n) as usize];
+            // Lane `l` belongs to worker `l mod workers`, at `l / workers`
+            // in its list.
+            let l = p.scan.lane_key % connections;
+            let (_, lane) = &lanes[(l / workers) as usize];
             lane.send(p).expect("lanes run until their sender is dropped");
         }
     }
@@ -396,9 +514,9 @@ fn dispatch(
 /// starts.
 #[derive(Default)]
 struct Prefill {
-    /// Requests handed to the dispatcher's channel.
+    /// Requests handed to the workers' channels.
     produced: AtomicUsize,
-    /// The channel was full (the producer is as far ahead as it may get) or
+    /// A channel was full (the producer is as far ahead as it may get) or
     /// the producer is done: either way nothing more comes before the run
     /// starts, so the prefill wait ends.
     done: AtomicBool,
@@ -410,67 +528,162 @@ impl Prefill {
     }
 }
 
-/// Sends `items` to the dispatcher in chunks, counting them in `prefill`;
-/// false once the dispatcher is gone.
-fn send_chunked(
-    items: impl Iterator<Item = Planned>,
-    tx: &std::sync::mpsc::SyncSender<Vec<Planned>>,
-    prefill: &Prefill,
-) -> bool {
-    let mut chunk = Vec::with_capacity(CHUNK);
-    for p in items {
-        chunk.push(p);
-        if chunk.len() == CHUNK && !send_chunk(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)), tx, prefill) {
-            return false;
-        }
-    }
-    chunk.is_empty() || send_chunk(chunk, tx, prefill)
+/// The producer's side of the workers' channels: a chunk filling for
+/// each worker.
+struct Feed<'a> {
+    txs: Vec<SyncSender<Vec<Planned>>>,
+    chunks: Vec<Vec<Planned>>,
+    connections: u64,
+    prefill: &'a Prefill,
 }
 
-/// One chunk into the channel. When the channel is full the prefill is
-/// over (whatever `ahead` asked: the channel's size in chunks and the run's
-/// length both cap it), so the wait before the clock is told before the
-/// producer blocks; otherwise the wait could never end.
-fn send_chunk(chunk: Vec<Planned>, tx: &std::sync::mpsc::SyncSender<Vec<Planned>>, prefill: &Prefill) -> bool {
-    let n = chunk.len();
-    let sent = match tx.try_send(chunk) {
-        Ok(()) => true,
-        Err(std::sync::mpsc::TrySendError::Full(chunk)) => {
-            prefill.done.store(true, Ordering::Release);
-            tx.send(chunk).is_ok()
-        }
-        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false,
-    };
-    if sent {
-        prefill.produced.fetch_add(n, Ordering::Release);
+impl Feed<'_> {
+    /// Adds `p` to its worker's chunk, sent when full; false once the
+    /// workers are gone.
+    fn push(&mut self, p: Planned) -> bool {
+        let w = ((p.scan.lane_key % self.connections) % self.txs.len() as u64) as usize;
+        self.chunks[w].push(p);
+        self.chunks[w].len() < CHUNK || self.send(w, true)
     }
-    sent
+
+    /// Sends worker `w`'s chunk. When its channel is full the prefill is
+    /// over (whatever `ahead` asked: the channels' size and the run's
+    /// length both cap it), so the wait before the clock is told before
+    /// the producer blocks (otherwise the wait could never end), and the
+    /// other workers get their partial chunks first, so that none waits
+    /// for requests held here while this one catches up. `block`: wait
+    /// for room; otherwise a full channel keeps the chunk for later.
+    fn send(&mut self, w: usize, block: bool) -> bool {
+        let chunk = std::mem::replace(&mut self.chunks[w], Vec::with_capacity(CHUNK));
+        let n = chunk.len();
+        let sent = match self.txs[w].try_send(chunk) {
+            Ok(()) => true,
+            Err(TrySendError::Full(chunk)) if !block => {
+                self.chunks[w] = chunk;
+                return true;
+            }
+            Err(TrySendError::Full(chunk)) => {
+                self.prefill.done.store(true, Ordering::Release);
+                for other in 0..self.txs.len() {
+                    if other != w && !self.chunks[other].is_empty() && !self.send(other, false) {
+                        return false;
+                    }
+                }
+                self.txs[w].send(chunk).is_ok()
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        };
+        if sent {
+            self.prefill.produced.fetch_add(n, Ordering::Release);
+        }
+        sent
+    }
+
+    /// Sends every partial chunk.
+    fn flush(&mut self) -> bool {
+        (0..self.txs.len()).all(|w| self.chunks[w].is_empty() || self.send(w, true))
+    }
+}
+
+/// A worker thread: connects its lanes (connection `i` for each `i` that is
+/// `w mod workers`) on its own single-threaded event loop, says how that
+/// went, waits for the clock to start, then paces and serves them until
+/// its share of the run is done. Returns its recorder, late sends and max
+/// lag (its recorder is the run's), or `None` when the run was called off
+/// before the start.
+fn worker(
+    w: usize,
+    workers: usize,
+    targets: Arc<Vec<Endpoint>>,
+    connections: usize,
+    connected: tokio::sync::oneshot::Sender<Result<(), RunError>>,
+    start: Receiver<Part>,
+    planned: Receiver<Vec<Planned>>,
+) -> Option<(u64, Duration)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building an event loop");
+    let conns = rt.block_on(async {
+        let mut connecting = tokio::task::JoinSet::new();
+        for i in (w..connections).step_by(workers) {
+            let endpoint = targets[i % targets.len()].clone();
+            connecting.spawn(async move { (i, connect(&endpoint).await) });
+        }
+        let mut conns = Vec::with_capacity(connecting.len());
+        while let Some(c) = connecting.join_next().await {
+            let (i, c) = c.expect("connect does not panic");
+            conns.push((i, c?));
+        }
+        conns.sort_by_key(|(i, _)| *i);
+        Ok::<_, RunError>(conns)
+    });
+    let conns = match conns {
+        Ok(c) => {
+            let _ = connected.send(Ok(()));
+            c
+        }
+        Err(e) => {
+            let _ = connected.send(Err(e));
+            return None;
+        }
+    };
+    let part = start.recv().ok()?;
+    let (late, max_lag) = rt.block_on(async {
+        let mut lanes = Vec::with_capacity(conns.len());
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, conn) in conns {
+            let (tx, rx) = mpsc::unbounded_channel();
+            lanes.push((i, tx));
+            tasks.spawn(lane(part.shared.clone(), part.rec.clone(), i, Some(conn), rx));
+        }
+        let paced = pace(&part, planned, &lanes, connections as u64, workers as u64).await;
+        // Without their senders the lanes drain and stop.
+        drop(lanes);
+        while tasks.join_next().await.is_some() {}
+        paced
+    });
+    Some((late, max_lag))
 }
 
 /// Runs `schedule` against the target and returns the summary.
 pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -> Result<Summary, RunError> {
     let cpu_start = cpu_time(false);
     let n = settings.connections.max(1);
+    let workers = settings.threads.clamp(1, n);
     let targets: Vec<Endpoint> = std::iter::once(&settings.endpoint).chain(&settings.replicas).cloned().collect();
     open_files_for(n)?;
-    let mut conns = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let endpoint = targets[i % targets.len()].clone();
-        conns.spawn(async move { (i, connect(&endpoint).await) });
+
+    // Each worker's channel holds its share of `ahead` requests, rounded
+    // up to whole chunks.
+    let ahead = settings.ahead.max(CHUNK);
+    let per_worker = ahead.div_ceil(CHUNK).div_ceil(workers).max(1);
+    let mut txs = Vec::with_capacity(workers);
+    let mut starts = Vec::with_capacity(workers);
+    let mut connected = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    let shared_targets = Arc::new(targets.clone());
+    for w in 0..workers {
+        let (tx, planned) = std::sync::mpsc::sync_channel::<Vec<Planned>>(per_worker);
+        let (start_tx, start) = std::sync::mpsc::channel::<Part>();
+        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+        let targets = shared_targets.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("loadgen-worker-{w}"))
+                .spawn(move || worker(w, workers, targets, n, connected_tx, start, planned))
+                .expect("spawning a thread"),
+        );
+        txs.push(tx);
+        starts.push(start_tx);
+        connected.push(connected_rx);
     }
-    let mut ready: Vec<Option<Connection>> = (0..n).map(|_| None).collect();
-    while let Some(c) = conns.join_next().await {
-        let (i, c) = c.expect("connect does not panic");
-        ready[i] = Some(c?);
+    for c in connected {
+        // Dropping `starts` on an error calls the run off: the workers end.
+        c.await.expect("a worker reports its connections")?;
     }
 
     // The producer signs ahead; tokens carry Unix times derived from the
     // schedule, so the clock is read once here. The few hundred ms of
     // prefill before the first send are far inside the 30 s skew budget.
     let start_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    // The channel holds `ahead` requests rounded up to whole chunks.
-    let ahead = settings.ahead.max(CHUNK);
-    let (planned_tx, planned) = std::sync::mpsc::sync_channel::<Vec<Planned>>(ahead.div_ceil(CHUNK));
     let prefill = Arc::new(Prefill::default());
     let producer = {
         let (schedule, prefill) = (schedule.clone(), prefill.clone());
@@ -483,16 +696,24 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
                 let mut generator = generator;
                 let unix = |at: Duration| (start_unix + at.as_secs_f64()) as u64;
                 let end = schedule.duration();
-                let slots = schedule.instants().map(|slot| Planned {
-                    at: slot.at,
-                    phase: Some(slot.phase),
-                    scan: generator.next(unix(slot.at)),
-                });
-                if send_chunked(slots, &planned_tx, &prefill) {
-                    let cleanup =
+                let mut feed = Feed {
+                    chunks: txs.iter().map(|_| Vec::with_capacity(CHUNK)).collect(),
+                    txs,
+                    connections: n as u64,
+                    prefill: &prefill,
+                };
+                let sent = schedule
+                    .instants()
+                    .map(|slot| Planned { at: slot.at, phase: Some(slot.phase), scan: generator.next(unix(slot.at)) })
+                    .all(|p| feed.push(p));
+                if sent && feed.flush() {
+                    let mut cleanup =
                         generator.cleanup(unix(end)).into_iter().map(|scan| Planned { at: end, phase: None, scan });
-                    send_chunked(cleanup, &planned_tx, &prefill);
+                    if cleanup.all(|p| feed.push(p)) {
+                        feed.flush();
+                    }
                 }
+                drop(feed);
                 // Let the prefill wait below see the end of a short run.
                 prefill.done.store(true, Ordering::Release);
                 cpu_time(true)
@@ -514,7 +735,6 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
         );
     }
 
-    let (completions, mut completed) = mpsc::unbounded_channel();
     let t0 = Instant::now();
     let shared = Arc::new(Shared {
         t0,
@@ -523,70 +743,48 @@ pub async fn run(settings: Settings, schedule: Schedule, generator: Generator) -
         targets,
         timeout: settings.timeout,
         check: settings.check,
-        backlog: Arc::new(AtomicUsize::new(0)),
+        backlog: AtomicUsize::new(0),
+        dispatched: AtomicU64::new(0),
         errors_shown: AtomicUsize::new(0),
         lost: Mutex::new(HashSet::new()),
-        completions,
     });
-    let dispatched = Arc::new(AtomicU64::new(0));
-
-    let recorder = {
-        // Not `shared`: it holds a sender of completions, and the recorder
-        // stops when the last one is dropped.
-        let backlog = shared.backlog.clone();
-        let dispatched = dispatched.clone();
-        let (schedule, show, progress) = (schedule.clone(), settings.show_mismatches, settings.progress);
-        tokio::spawn(async move {
-            let mut rec = Recorder::new(&schedule, show);
-            let first = tokio::time::Instant::from_std(t0 + Duration::from_secs(1));
-            let mut tick = tokio::time::interval_at(first, Duration::from_secs(1));
-            let mut last_dispatched = 0;
-            loop {
-                tokio::select! {
-                    c = completed.recv() => match c {
-                        Some(c) => {
-                            if let Some(line) = rec.record(&c) {
-                                eprintln!("{line}");
-                            }
-                        }
-                        None => break,
-                    },
-                    _ = tick.tick(), if progress => {
-                        let d = dispatched.load(Ordering::Relaxed);
-                        let backlog = backlog.load(Ordering::Relaxed);
-                        eprintln!("{}", rec.progress(t0.elapsed(), d - last_dispatched, backlog));
-                        last_dispatched = d;
-                    }
-                }
-            }
-            rec
-        })
-    };
-
-    let mut lanes = Vec::with_capacity(n);
-    let mut lane_tasks = tokio::task::JoinSet::new();
-    for (i, conn) in ready.into_iter().enumerate() {
-        let (tx, rx) = mpsc::unbounded_channel();
-        lanes.push(tx);
-        lane_tasks.spawn(lane(shared.clone(), i, conn, rx));
+    let mut rec = Recorder::new(&schedule, settings.show_mismatches);
+    let recs: Vec<Arc<Mutex<Recorder>>> = (0..workers).map(|_| Arc::new(Mutex::new(rec.sibling()))).collect();
+    for (start, r) in starts.into_iter().zip(&recs) {
+        let part =
+            Part { shared: shared.clone(), rec: r.clone(), max_backlog: settings.max_backlog, tick: settings.tick };
+        start.send(part).expect("a connected worker waits for the start");
     }
-    let dispatcher = {
-        let (shared, dispatched, max_backlog, tick) =
-            (shared.clone(), dispatched.clone(), settings.max_backlog, settings.tick);
-        std::thread::Builder::new()
-            .name("loadgen-dispatch".into())
-            .spawn(move || dispatch(&shared, planned, lanes, max_backlog, tick, &dispatched))
-            .expect("spawning a thread")
+    let mut joined = tokio::task::spawn_blocking(move || {
+        threads.into_iter().map(|t| t.join().expect("a worker does not panic")).collect::<Vec<_>>()
+    });
+
+    // The progress line, once a second, over every worker's recorder.
+    let first = tokio::time::Instant::from_std(t0 + Duration::from_secs(1));
+    let mut tick = tokio::time::interval_at(first, Duration::from_secs(1));
+    let mut last_dispatched = 0;
+    let parts = loop {
+        tokio::select! {
+            parts = &mut joined => break parts.expect("joining does not panic"),
+            _ = tick.tick(), if settings.progress => {
+                for r in &recs {
+                    rec.take_interval(&mut r.lock().expect("never poisoned"));
+                }
+                let d = shared.dispatched.load(Ordering::Relaxed);
+                let backlog = shared.backlog.load(Ordering::Relaxed);
+                eprintln!("{}", rec.progress(t0.elapsed(), d - last_dispatched, backlog));
+                last_dispatched = d;
+            }
+        }
     };
-    let (late, max_lag) = tokio::task::spawn_blocking(move || dispatcher.join())
-        .await
-        .expect("joining does not panic")
-        .expect("the dispatcher does not panic");
-    // The dispatcher dropped the lanes' senders: they drain and stop.
-    while lane_tasks.join_next().await.is_some() {}
-    // The recorder stops when the last sender of completions is gone.
-    drop(shared);
-    let rec = recorder.await.expect("the recorder does not panic");
+    let (mut late, mut max_lag) = (0, Duration::ZERO);
+    for (l, m) in parts.into_iter().map(|p| p.expect("every worker started")) {
+        late += l;
+        max_lag = max_lag.max(m);
+    }
+    for r in recs {
+        rec.merge(Arc::into_inner(r).expect("the workers are done").into_inner().expect("never poisoned"));
+    }
     let producer_cpu = producer.join().expect("the producer does not panic");
 
     let cpu = cpu_time(false).saturating_sub(cpu_start).as_secs_f64();
@@ -669,6 +867,7 @@ mod tests {
             bearer: HeaderValue::from_static("Bearer test"),
             api: Api::Scan,
             connections,
+            threads: 2,
             timeout: Duration::from_secs(5),
             check: false,
             max_backlog: 100_000,

@@ -8,8 +8,9 @@
 //! - [`cases`]: the case mix and the model of holder state that says what
 //!   each request must get back; signs a fresh token per request.
 //! - [`expect`]: expectations and the check of each answer.
-//! - [`client`]: the driver (producer thread, dispatcher, one HTTP/1.1
-//!   keep-alive connection per virtual turnstile).
+//! - [`client`]: the driver (producer thread, worker threads that each
+//!   pace and serve their share of the HTTP/1.1 keep-alive connections,
+//!   one per virtual turnstile).
 //! - [`report`]: HDR histograms from the intended send time, the progress
 //!   line and the summary.
 //! - [`target`]: the demo's `env.json` and endpoints.

@@ -115,7 +115,8 @@ struct Args {
     /// Virtual turnstiles: HTTP/1.1 keep-alive connections, one request in flight each.
     #[arg(long, default_value_t = 64)]
     connections: usize,
-    /// Runtime worker threads (default: one per CPU). Signing runs on one more.
+    /// Worker threads, each pacing and serving its share of the connections
+    /// on its own event loop (default: one per CPU). Signing runs on one more.
     #[arg(long)]
     threads: Option<usize>,
     /// Give up on an exchange after this long (counts as a timeout error).
@@ -125,8 +126,8 @@ struct Args {
     /// dropped as overflow errors (bounds memory when the target falls behind).
     #[arg(long, default_value_t = 200_000)]
     max_backlog: usize,
-    /// The dispatcher's tick: it wakes at most this often and sends every
-    /// request due by then together. Fewer wake-ups cost less CPU; a send
+    /// The pacing tick: each worker thread wakes at most this often to send
+    /// and sends every request of its share due by then together. Fewer wake-ups cost less CPU; a send
     /// may leave up to a tick after its instant, and latency counts that.
     #[arg(long, value_parser = parse_duration, default_value = "100us")]
     tick: Duration,
@@ -249,6 +250,7 @@ fn settings(args: &Args) -> Result<(Settings, Schedule, Generator)> {
         bearer,
         api,
         connections: args.connections,
+        threads: args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1),
         timeout: args.timeout,
         check,
         max_backlog: args.max_backlog.max(1),
@@ -293,12 +295,10 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()
-        .expect("building the tokio runtime");
+    // Connecting, the start and the progress line: the workers run their
+    // own event loops.
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the tokio runtime");
     let summary = match runtime.block_on(healthgate_loadgen::run(settings, schedule, generator)) {
         Ok(s) => s,
         Err(e) => {

@@ -2,9 +2,11 @@
 //! time, counters per outcome, case and phase, the progress line and the
 //! final summary (human text or JSON).
 //!
-//! One [`Recorder`] owns every histogram and is fed [`Completion`]s by the
-//! driver's connections over a channel, so recording takes no locks and the
-//! histograms are exact, not merged approximations.
+//! Each of the driver's worker threads feeds its own [`Recorder`] the
+//! [`Completion`]s of its connections, with no channel and no contention;
+//! the run's recorders are merged at the end ([`Recorder::merge`]). HDR
+//! histograms of the same bounds add up exactly, so the merged percentiles
+//! are those of one histogram fed every answer.
 //!
 //! Latency is `done - intended`: a request that waited in a queue because
 //! every connection was busy, or because the target stalled, is charged for
@@ -20,6 +22,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Histograms cover 1 µs to 10 min at three significant digits; longer
@@ -133,7 +137,7 @@ pub struct ClientCost {
     pub answers_per_cpu_s: f64,
     pub answers_per_cpu_s_excl_signing: f64,
     /// Sends that left more than 1 ms after their intended time because the
-    /// producer or the dispatcher lagged (their latency still counts from
+    /// producer or a worker's pacer lagged (their latency still counts from
     /// the intended time).
     pub late_dispatches: u64,
     pub max_dispatch_lag_us: u64,
@@ -192,6 +196,12 @@ struct Tally {
 }
 
 impl Tally {
+    fn merge(&mut self, o: &Tally) {
+        self.count += o.count;
+        self.errors += o.errors;
+        self.mismatches += o.mismatches;
+    }
+
     fn add(&mut self, c: &Completion) {
         self.count += 1;
         self.errors += u64::from(c.outcome.is_error());
@@ -216,8 +226,12 @@ pub struct Recorder {
     mismatches: u64,
     unverifiable: u64,
     statuses: BTreeMap<u16, Histogram<u64>>,
-    shown: Vec<String>,
+    /// The first `show` mismatches of the run, by their number.
+    shown: Vec<(u64, String)>,
     show: usize,
+    /// Mismatches of the run so far, shared by the recorders of one run
+    /// ([`Recorder::sibling`]): it numbers them across recorders.
+    numbered: Arc<AtomicU64>,
     last_done: Duration,
     /// Since the last progress line.
     interval: Histogram<u64>,
@@ -244,11 +258,61 @@ impl Recorder {
             statuses: BTreeMap::new(),
             shown: vec![],
             show,
+            numbered: Arc::new(AtomicU64::new(0)),
             last_done: Duration::ZERO,
             interval: histogram(),
             interval_ok: 0,
             interval_errors: 0,
         }
+    }
+
+    /// An empty recorder for the same run, numbering mismatches with this
+    /// one: one per worker thread, merged at the end.
+    pub fn sibling(&self) -> Recorder {
+        let mut r = Recorder::new(&self.schedule, self.show);
+        r.numbered = self.numbered.clone();
+        r
+    }
+
+    /// Adds what `other`, a [`Recorder::sibling`], recorded.
+    pub fn merge(&mut self, other: Recorder) {
+        fn add(to: &mut Histogram<u64>, from: &Histogram<u64>) {
+            to.add(from).expect("histograms of the same bounds");
+        }
+        add(&mut self.overall, &other.overall);
+        for ((t, h), (ot, oh)) in
+            self.outcomes.iter_mut().chain(&mut self.kinds).zip(other.outcomes.iter().chain(&other.kinds))
+        {
+            t.merge(ot);
+            add(h, oh);
+        }
+        for (p, o) in self.phases.iter_mut().zip(&other.phases) {
+            p.tally.merge(&o.tally);
+            add(&mut p.hist, &o.hist);
+            p.arrived += o.arrived;
+        }
+        self.cleanup.0.merge(&other.cleanup.0);
+        add(&mut self.cleanup.1, &other.cleanup.1);
+        self.mismatches += other.mismatches;
+        self.unverifiable += other.unverifiable;
+        for (s, h) in &other.statuses {
+            add(self.statuses.entry(*s).or_insert_with(histogram), h);
+        }
+        self.shown.extend(other.shown);
+        self.shown.sort_by_key(|(n, _)| *n);
+        self.last_done = self.last_done.max(other.last_done);
+        add(&mut self.interval, &other.interval);
+        self.interval_ok += other.interval_ok;
+        self.interval_errors += other.interval_errors;
+    }
+
+    /// Moves what `other` recorded since its last progress line into this
+    /// recorder's interval (for one progress line over several recorders).
+    pub fn take_interval(&mut self, other: &mut Recorder) {
+        self.interval.add(&other.interval).expect("histograms of the same bounds");
+        other.interval.reset();
+        self.interval_ok += std::mem::take(&mut other.interval_ok);
+        self.interval_errors += std::mem::take(&mut other.interval_errors);
     }
 
     /// Records one request; returns the mismatch line when it is one of the
@@ -295,20 +359,21 @@ impl Recorder {
         self.unverifiable += u64::from(c.unverifiable);
         let m = c.mismatch.as_ref()?;
         self.mismatches += 1;
-        if self.shown.len() >= self.show {
+        let number = self.numbered.fetch_add(1, Ordering::Relaxed) + 1;
+        if number > self.show as u64 {
             return None;
         }
         let phase = match c.phase {
             Some(p) => &self.schedule.phases()[p].name,
             None => "cleanup",
         };
-        self.shown.push(format!(
-            "mismatch #{} case {} ({phase}, intended at {:.3} s): {m}",
-            self.mismatches,
+        let line = format!(
+            "mismatch #{number} case {} ({phase}, intended at {:.3} s): {m}",
             c.kind.name(),
             c.intended.as_secs_f64()
-        ));
-        self.shown.last().map(String::as_str)
+        );
+        self.shown.push((number, line));
+        self.shown.last().map(|(_, l)| l.as_str())
     }
 
     /// The progress line for the second ending at `now`, then a new interval.
@@ -326,7 +391,7 @@ impl Recorder {
             if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 },
             backlog,
             self.interval_errors,
-            self.mismatches,
+            self.numbered.load(Ordering::Relaxed),
         );
         self.interval.reset();
         self.interval_ok = 0;
@@ -409,7 +474,7 @@ impl Recorder {
             errors,
             max_errors,
             mismatches: self.mismatches,
-            first_mismatches: self.shown,
+            first_mismatches: self.shown.into_iter().map(|(_, l)| l).collect(),
             unverifiable: self.unverifiable,
             latency_us: Latency::of(&self.overall),
             outcomes: Outcome::NAMES
