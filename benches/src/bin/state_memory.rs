@@ -2,7 +2,9 @@
 //! 10 M) and reports the growth of the resident set divided by N, then the
 //! mean time of a lookup of a random holder (1 M lookups spread over the
 //! whole population, so that they miss the caches as a province's scans do)
-//! and of an unknown holder (1 M ids not in the store). Lookups are timed
+//! and of an unknown holder (1 M ids not in the store), back to back (the
+//! processor overlaps consecutive lookups) and chained (each waits for the
+//! one before, the latency of one lookup alone). Lookups are timed
 //! in the thread's CPU time, the median of five rounds, so that a busy
 //! machine's other processes count less.
 //!
@@ -54,6 +56,25 @@ fn time_lookups(probes: &[HolderId], found: impl Fn(&HolderId) -> bool) -> (usiz
     (n, rounds[2])
 }
 
+/// Times `LOOKUPS` lookups each of which waits for the one before: the
+/// next probe's index adds `since(...)` (1 for every holder here), a value
+/// read from the holder, so the processor cannot overlap two lookups as it
+/// does in [`time_lookups`]. This is the latency a single scan sees.
+fn time_chained(probes: &[HolderId], since: impl Fn(&HolderId) -> u64) -> Duration {
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let started = cpu_time();
+        let mut k = 0usize;
+        for _ in 0..LOOKUPS {
+            k = (k + 1 + since(black_box(&probes[k])) as usize) % probes.len();
+        }
+        rounds.push(cpu_time() - started);
+        black_box(k);
+    }
+    rounds.sort();
+    rounds[2]
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dashmap = args.iter().any(|a| a == "--dashmap");
@@ -68,7 +89,7 @@ fn main() {
     let before = rss_bytes();
     let started = Instant::now();
     let cpu_started = cpu_time();
-    let (known, absent, extra) = if dashmap {
+    let (known, absent, chained) = if dashmap {
         let map: DashMap<HolderId, HolderState, ahash::RandomState> =
             DashMap::with_capacity_and_hasher_and_shard_amount(n as usize, ahash::RandomState::new(), 64);
         for (id, color) in pop.iter() {
@@ -78,7 +99,8 @@ fn main() {
         report(what, n, before, inserted, String::new());
         assert_eq!(map.len() as u64, n);
         let get = |h: &HolderId| map.get(h).map(|e| *e).is_some();
-        (time_lookups(&probes, get), time_lookups(&unknown, get), map.len())
+        let since = |h: &HolderId| map.get(h).map_or(0, |e| e.since());
+        (time_lookups(&probes, get), time_lookups(&unknown, get), time_chained(&probes, since))
     } else {
         let store = Store::with_capacity(n as usize);
         for (id, color) in pop.iter() {
@@ -89,14 +111,18 @@ fn main() {
         report(what, n, before, inserted, load);
         assert_eq!(store.len() as u64, n);
         let get = |h: &HolderId| store.read(h, 2, |v| v.is_some());
-        (time_lookups(&probes, get), time_lookups(&unknown, get), store.len())
+        let since = |h: &HolderId| store.read(h, 2, |v| v.map_or(0, |v| v.since));
+        (time_lookups(&probes, get), time_lookups(&unknown, get), time_chained(&probes, since))
     };
     assert_eq!(known.0 as u64, LOOKUPS);
     assert_eq!(absent.0, 0);
-    black_box(extra);
     let ns = |d: Duration| d.as_nanos() as f64 / LOOKUPS as f64;
     println!("{LOOKUPS} random lookups: {:.0} ns each on average (CPU time, median of 5 rounds)", ns(known.1));
     println!("{LOOKUPS} unknown holders: {:.0} ns each on average (CPU time, median of 5 rounds)", ns(absent.1));
+    println!(
+        "{LOOKUPS} chained lookups (each waits for the last): {:.0} ns each (CPU time, median of 5 rounds)",
+        ns(chained)
+    );
 }
 
 fn report(what: &str, n: u64, before: u64, (wall, cpu): (Duration, Duration), extra: String) {

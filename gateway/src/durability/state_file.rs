@@ -250,7 +250,7 @@ fn load_sized(reader: impl Read, path: &Path, store: &Store, room: u64) -> Resul
             let id = HolderId(rec[..16].try_into().expect("16 bytes"));
             let parts: [u32; 5] =
                 std::array::from_fn(|i| u32::from_le_bytes(rec[16 + 4 * i..20 + 4 * i].try_into().expect("4 bytes")));
-            let st = HolderState::from_parts(parts).ok_or(corrupt("invalid holder state"))?;
+            let st = HolderState::from_parts(parts).ok_or_else(|| corrupt("invalid holder state"))?;
             loading.insert(id, st);
         }
         left -= n as u64;
@@ -279,7 +279,7 @@ fn load_sized(reader: impl Read, path: &Path, store: &Store, room: u64) -> Resul
         }
         let mut st = None;
         store.read(&id, 0, |v| st = v.map(|v| *v.state));
-        let st = st.ok_or(corrupt("schedule for a holder not in the file"))?;
+        let st = st.ok_or_else(|| corrupt("schedule for a holder not in the file"))?;
         store.insert(id, st, steps);
     }
     let mut meta = Meta::default();
