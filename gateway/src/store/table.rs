@@ -16,10 +16,12 @@
 //! the overflow. The slots are kept in hash order (ordered linear probing:
 //! an insert shifts the rest of its cluster by one), so a lookup stops at
 //! the first holder whose hash is past its own. A holder is found as many
-//! slots from its home as with plain linear probing (five at 90 % load),
-//! and an unknown id is turned away after as few, instead of scanning to
-//! the end of its cluster (fifty). Holders are never removed, so there are
-//! no tombstones.
+//! slots from its home as with plain linear probing (about five at 90 %
+//! load), and an unknown id is turned away after as few, instead of
+//! scanning to the end of its cluster (about fifty). A lookup compares the
+//! first `WINDOW` (8) slots from the home at once, without a branch per slot
+//! (see `Inner::find`). Holders are never removed, so there are no
+//! tombstones.
 //!
 //! A shard is sized so that the holders meant for it fill [`FILL`] of its
 //! slots, and grows by half (or to [`FILL`]) when an insert would take it
