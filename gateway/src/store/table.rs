@@ -110,6 +110,32 @@ fn hash(hasher: &ahash::RandomState, id: &HolderId) -> u64 {
     hasher.hash_one(u128::from_le_bytes(id.0))
 }
 
+/// Sorts `(hash, order)` pairs: a counting sort on the hash's top bits
+/// (about one bucket a key), then each bucket's few keys compared.
+fn sort_by_hash(keys: Vec<(u64, u32)>) -> Vec<(u64, u32)> {
+    let buckets = keys.len().max(1);
+    let mut start = vec![0u32; buckets + 1];
+    for &(h, _) in &keys {
+        start[home(h, buckets) + 1] += 1;
+    }
+    for b in 0..buckets {
+        start[b + 1] += start[b];
+    }
+    let mut sorted = vec![(0u64, 0u32); keys.len()];
+    let mut next = start.clone();
+    for &(h, i) in &keys {
+        let b = home(h, buckets);
+        sorted[next[b] as usize] = (h, i);
+        next[b] += 1;
+    }
+    for b in start.windows(2) {
+        if b[1] - b[0] > 1 {
+            sorted[b[0] as usize..b[1] as usize].sort_unstable();
+        }
+    }
+    sorted
+}
+
 /// Lays out holders given in hash order in `n` slots, each at its home or
 /// right after the one before; `None` if they overflow the tail.
 fn lay_out(n: usize, sorted: impl Iterator<Item = (u64, Slot)>) -> Option<(Box<[Slot]>, usize)> {
@@ -453,7 +479,7 @@ impl HolderTable {
                     keys.push((hash(&self.hasher, &s.id), i as u32));
                 }
             }
-            keys.sort_unstable();
+            let keys = sort_by_hash(keys);
             let mut kept: Vec<(u64, u32)> = Vec::with_capacity(keys.len());
             let mut run = 0; // where the kept holders with the current hash start
             for &(h, i) in &keys {
@@ -582,6 +608,17 @@ mod tests {
 
     fn st(i: u32) -> HolderState {
         HolderState::new(Color::Green, u64::from(i), Some(u64::from(i) + 1))
+    }
+
+    #[test]
+    fn sort_by_hash_sorts() {
+        let keys: Vec<(u64, u32)> =
+            (0..10_000u32).map(|i| (crate::population::mix64(u64::from(i % 7000)), i)).collect();
+        let mut want = keys.clone();
+        want.sort_unstable();
+        assert_eq!(sort_by_hash(keys), want);
+        assert!(sort_by_hash(Vec::new()).is_empty());
+        assert_eq!(sort_by_hash(vec![(u64::MAX, 1), (0, 2)]), vec![(0, 2), (u64::MAX, 1)]);
     }
 
     #[test]
