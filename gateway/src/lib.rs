@@ -7,7 +7,7 @@
 //!
 //! - [`cluster`]: replicas sharing state through NATS JetStream (docs/CLUSTER.md).
 //! - [`gateway`]: the `Gateway` and its parts: live state, scans and check-ins, the authority feed, effects.
-//! - [`store`]: the concurrent colour store (per-holder state under entry locks).
+//! - [`store`]: the concurrent colour store (the holder table: per-holder state under its shard's lock).
 //! - [`serving`]: HTTP: listeners, routing, API keys, the server's run loop.
 //! - [`durability`]: the write-ahead log, the state file, the tracing index, recovery and housekeeping.
 //! - [`operations`]: configuration, metrics, key files, the demo, the CLI's HTTP client.

@@ -1,18 +1,19 @@
-//! The colour store: per-holder mutable state in a concurrent map.
+//! The colour store: per-holder mutable state in a concurrent table.
 //!
-//! One entry per holder in a [`DashMap`] keyed by the 16-byte pseudonymous
-//! id. The entry is deliberately tiny ([`HolderState`], 20 bytes: with the
-//! key and the table's control byte about 37 bytes a slot), because a
-//! province has tens of millions of holders and they all live in memory.
-//! Scheduled steps ("red until T1, then yellow until T2, then green") are
-//! rare, so they live in a side map and a flag bit says when to look there.
+//! One entry per holder in a [`HolderTable`] keyed by the 16-byte
+//! pseudonymous id: open addressing with the 20-byte [`HolderState`] inline,
+//! 36 bytes a slot at about 92 % load, in 1024 shards each under its own
+//! lock (see the [`table`] module), because a province has tens of millions
+//! of holders and they all live in memory. Scheduled steps ("red until T1,
+//! then yellow until T2, then green") are rare, so they live in a side map
+//! (a `DashMap`) and a flag bit says when to look there.
 //!
 //! Steps are applied when the state is read, never by a sweeping job: the
 //! effective colour is a pure function of the stored colour, the steps and
 //! the clock ([`effective`]). A writer that holds the entry anyway settles
 //! elapsed steps into the stored colour so that the side map stays small.
 //!
-//! Lock order: the main map's entry, then the steps map's entry, never the
+//! Lock order: the holder's shard of the table, then the steps map's entry, never the
 //! other way round; no guard is ever held across an `.await` (nothing here
 //! is async).
 
@@ -22,6 +23,10 @@ use crate::holder::HolderId;
 use dashmap::DashMap;
 use healthgate_core::state::{effective, ColorChange, HolderState, HolderView, Step};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+pub mod table;
+
+pub use table::HolderTable;
 
 type Map<V> = DashMap<HolderId, V, ahash::RandomState>;
 
@@ -36,7 +41,7 @@ pub enum Update<R> {
 /// loads), not on anti-passback or health-record bookkeeping, so a decision's
 /// epoch says how fresh the colour it was based on is.
 pub struct Store {
-    holders: Map<HolderState>,
+    holders: HolderTable,
     steps: Map<Box<[Step]>>,
     epoch: AtomicU64,
     /// Holders by stored colour, kept on every write so that a scrape never
@@ -52,10 +57,10 @@ impl Default for Store {
 
 impl Store {
     pub fn with_capacity(n: usize) -> Self {
-        // Fewer, larger shards than DashMap's default (4 × cores) would do
-        // on two cores; 64 keeps write contention negligible at any size.
+        // The holders' table has its own 1024 shards; the rare steps map
+        // needs few.
         Store {
-            holders: Map::with_capacity_and_hasher_and_shard_amount(n, ahash::RandomState::new(), 64),
+            holders: HolderTable::with_capacity(n),
             steps: Map::with_hasher_and_shard_amount(ahash::RandomState::new(), 64),
             epoch: AtomicU64::new(1),
             by_color: Default::default(),
@@ -104,9 +109,7 @@ impl Store {
 
     /// Reads a holder without changing anything (status lookups).
     pub fn read<R>(&self, id: &HolderId, now: UnixSecs, f: impl FnOnce(Option<HolderView<'_>>) -> R) -> R {
-        let Some(entry) = self.holders.get(id) else { return f(None) };
-        let state = *entry;
-        drop(entry);
+        let Some(state) = self.holders.get(id) else { return f(None) };
         if state.has_steps() {
             let steps = self.steps.get(id);
             let steps: &[Step] = steps.as_deref().map_or(&[], |s| s);
@@ -198,7 +201,7 @@ impl Store {
     /// holder registered with the authority). Returns the new epoch.
     pub fn apply_changes(&self, changes: &[ColorChange], now: UnixSecs) -> u64 {
         for c in changes {
-            let mut entry = self.holders.entry(c.holder).or_insert_with(|| {
+            let mut entry = self.holders.get_or_insert_with(c.holder, || {
                 self.by_color[Color::Pending.index()].fetch_add(1, Ordering::Relaxed);
                 HolderState::new(Color::Pending, now, None)
             });
@@ -219,9 +222,63 @@ impl Store {
 
     /// Visits every holder (snapshots). Takes each shard's read lock in turn.
     pub fn for_each(&self, mut f: impl FnMut(&HolderId, &HolderState, &[Step])) {
-        for e in self.holders.iter() {
-            let steps = if e.has_steps() { self.steps.get(e.key()) } else { None };
-            f(e.key(), e.value(), steps.as_deref().map_or(&[], |s| s));
+        self.holders.for_each(|id, st| {
+            let steps = if st.has_steps() { self.steps.get(id) } else { None };
+            f(id, st, steps.as_deref().map_or(&[], |s| s));
+        });
+    }
+
+    /// Starts loading about `expected` holders without steps (the state
+    /// file's holder records); see [`Loading`].
+    pub fn loading(&self, expected: usize) -> Loading<'_> {
+        Loading { store: self, bulk: self.holders.bulk(expected) }
+    }
+
+    /// Slots the holders' table has allocated (36 bytes each).
+    pub fn table_slots(&self) -> usize {
+        self.holders.slots()
+    }
+}
+
+/// A bulk load into a store: the same as [`Store::insert`] with no steps
+/// for every holder in order, but the table is filled shard by shard on
+/// several threads once [`Loading::finish`] runs. Dropped unfinished, it
+/// inserts nothing.
+pub struct Loading<'a> {
+    store: &'a Store,
+    bulk: table::Bulk<'a>,
+}
+
+impl Loading<'_> {
+    pub fn insert(&mut self, id: HolderId, mut state: HolderState) {
+        state.set_has_steps(false);
+        self.bulk.push(id, state);
+    }
+
+    pub fn finish(self) {
+        let store = self.store;
+        let clear_steps = !store.steps.is_empty();
+        let counts = self.bulk.finish(|by_color: &mut [i64; 4], id, old, new| {
+            if let Some(o) = old {
+                by_color[o.color().index()] -= 1;
+            }
+            by_color[new.color().index()] += 1;
+            if clear_steps {
+                store.steps.remove(id);
+            }
+        });
+        for c in counts {
+            for (i, n) in c.iter().enumerate() {
+                store.by_color[i].fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+        // The holders sorted into shards took as much memory again as the
+        // table; the allocator keeps freed blocks of under 32 MiB for
+        // reuse, so hand their pages back (tens of bytes a holder).
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory of the allocator.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 }
@@ -294,6 +351,32 @@ mod tests {
         s.read(&H, 10, |v| assert_eq!(v.unwrap().color, Color::Yellow));
         // The health record survives a colour change.
         s.read(&H, 10, |v| assert_eq!(v.unwrap().state.health_at(), Some(1)));
+    }
+
+    #[test]
+    fn loading_is_inserting_in_order() {
+        let s = Store::default();
+        s.insert(H, HolderState::new(Color::Red, 0, None), vec![Step { until: 100, then: Color::Green }]);
+        let mut l = s.loading(3);
+        let mut with_flag = HolderState::new(Color::Green, 0, Some(1));
+        with_flag.set_has_steps(true);
+        l.insert(H, with_flag);
+        l.insert(HolderId([0; 16]), HolderState::new(Color::Yellow, 0, None));
+        l.insert(HolderId([3; 16]), HolderState::new(Color::Red, 0, None));
+        l.insert(HolderId([3; 16]), HolderState::new(Color::Pending, 0, None));
+        // Nothing is visible before the end.
+        assert_eq!(s.len(), 1);
+        l.finish();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.count_by_color(), [1, 1, 0, 1]);
+        assert!(s.steps.is_empty());
+        s.read(&H, 200, |v| {
+            let v = v.unwrap();
+            assert_eq!(v.color, Color::Green);
+            assert!(!v.state.has_steps());
+        });
+        s.read(&HolderId([3; 16]), 0, |v| assert_eq!(v.unwrap().color, Color::Pending));
+        s.read(&HolderId([0; 16]), 0, |v| assert_eq!(v.unwrap().color, Color::Yellow));
     }
 
     #[test]

@@ -197,16 +197,34 @@ pub fn write_store(
     )
 }
 
+/// Holder records read (and checksummed) at a time.
+const CHUNK: usize = 1 << 16;
+
 /// Loads a state file into `store` (which should be empty). The checksum is
 /// verified before the function returns success; on error the store may
 /// hold part of the file and must be discarded.
+///
+/// The holder records are read in large chunks, sorted into the table's
+/// shards as they come, and inserted shard by shard on every core once
+/// they are all read (the store's [`crate::store::Loading`]): each shard is
+/// sized once for its exact count and filled while it is in the cache.
 pub fn load(path: &Path, store: &Store) -> Result<Loaded, SnapshotError> {
-    let file = File::open(path).map_err(|source| SnapshotError::Io { path: path.to_owned(), source })?;
-    load_from(BufReader::with_capacity(1 << 20, file), path, store)
+    let io = |source| SnapshotError::Io { path: path.to_owned(), source };
+    let file = File::open(path).map_err(io)?;
+    // The file's length bounds how many records it can hold, so a damaged
+    // count cannot make the load reserve memory for records that are not
+    // there.
+    let len = file.metadata().map_err(io)?.len();
+    load_sized(BufReader::with_capacity(1 << 20, file), path, store, len / RECORD as u64)
 }
 
 /// [`load`] from any reader; `path` names the file in errors.
 pub fn load_from(reader: impl Read, path: &Path, store: &Store) -> Result<Loaded, SnapshotError> {
+    load_sized(reader, path, store, CHUNK as u64)
+}
+
+/// [`load`] reserving room for at most `room` holders before they are read.
+fn load_sized(reader: impl Read, path: &Path, store: &Store, room: u64) -> Result<Loaded, SnapshotError> {
     let io = |source| SnapshotError::Io { path: path.to_owned(), source };
     let corrupt = |what| SnapshotError::Corrupt { path: path.to_owned(), what };
     let mut r = CrcReader { inner: reader, crc: crc32fast::Hasher::new() };
@@ -221,15 +239,24 @@ pub fn load_from(reader: impl Read, path: &Path, store: &Store) -> Result<Loaded
     }
     let epoch = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
     let count = u64::from_le_bytes(header[20..28].try_into().expect("8 bytes"));
-    let mut rec = [0u8; RECORD];
-    for _ in 0..count {
-        r.read_exact(&mut rec).map_err(|_| corrupt("truncated holder records"))?;
-        let id = HolderId(rec[..16].try_into().expect("16 bytes"));
-        let parts: [u32; 5] =
-            std::array::from_fn(|i| u32::from_le_bytes(rec[16 + 4 * i..20 + 4 * i].try_into().expect("4 bytes")));
-        let st = HolderState::from_parts(parts).ok_or(corrupt("invalid holder state"))?;
-        store.insert(id, st, Vec::new());
+    let mut loading = store.loading(count.min(room) as usize);
+    let mut buf = vec![0u8; RECORD * (count.min(CHUNK as u64) as usize)];
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        let chunk = &mut buf[..n * RECORD];
+        r.read_exact(chunk).map_err(|_| corrupt("truncated holder records"))?;
+        for rec in chunk.chunks_exact(RECORD) {
+            let id = HolderId(rec[..16].try_into().expect("16 bytes"));
+            let parts: [u32; 5] =
+                std::array::from_fn(|i| u32::from_le_bytes(rec[16 + 4 * i..20 + 4 * i].try_into().expect("4 bytes")));
+            let st = HolderState::from_parts(parts).ok_or_else(|| corrupt("invalid holder state"))?;
+            loading.insert(id, st);
+        }
+        left -= n as u64;
     }
+    drop(buf);
+    loading.finish();
     let mut n = [0u8; 8];
     r.read_exact(&mut n).map_err(|_| corrupt("truncated schedule count"))?;
     for _ in 0..u64::from_le_bytes(n) {
@@ -252,7 +279,7 @@ pub fn load_from(reader: impl Read, path: &Path, store: &Store) -> Result<Loaded
         }
         let mut st = None;
         store.read(&id, 0, |v| st = v.map(|v| *v.state));
-        let st = st.ok_or(corrupt("schedule for a holder not in the file"))?;
+        let st = st.ok_or_else(|| corrupt("schedule for a holder not in the file"))?;
         store.insert(id, st, steps);
     }
     let mut meta = Meta::default();
