@@ -51,12 +51,10 @@ else
   GATEWAY_CPUS=${GATEWAY_CPUS:-all}
 fi
 [ "$GATEWAY_CPUS" = all ] && LOADGEN_CPUS=all
-# Runs a command on the given CPUs (all: anywhere).
-on_cpus() {
-  local cpus=$1
-  shift
-  if [ "$cpus" = all ]; then "$@"; else taskset -c "$cpus" "$@"; fi
-}
+# The gateway's command prefix: taskset execs the gateway, so the pid the
+# script keeps (and stops) is the gateway's own.
+PIN=()
+[ "$GATEWAY_CPUS" = all ] || PIN=(taskset -c "$GATEWAY_CPUS")
 if [ "$LOADGEN_CPUS" = all ]; then
   THREADS=${THREADS:-$NCPU}
 else
@@ -91,7 +89,7 @@ start_demo() {
   fi
   echo "starting a demo gateway (population $SIZE)" >&2
   rm -f "$WORK/demo/env.json"
-  on_cpus "$GATEWAY_CPUS" "$BIN/healthgate" demo --dir "$WORK/demo" --fresh --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 \
+  "${PIN[@]}" "$BIN/healthgate" demo --dir "$WORK/demo" --fresh --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 \
     >"$WORK/demo.log" 2>&1 &
   DEMO=$!
   PIDS+=("$DEMO")
