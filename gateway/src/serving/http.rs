@@ -19,7 +19,6 @@ use crate::policy::Direction;
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -38,9 +37,10 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 mod inspect;
+mod stream;
 
 /// Every answer is one buffer, except the tracing queries, which stream.
-type Body = Either<Full<Bytes>, Channel<Bytes, std::io::Error>>;
+type Body = Either<Full<Bytes>, stream::StreamBody>;
 
 /// An error answer. Built anywhere, turned into a response in one place.
 #[derive(Debug)]
@@ -717,61 +717,83 @@ async fn visits(gw: &Gateway, req: &Request<Incoming>, holder: Option<HolderId>)
         s.extend(r.remote_visits());
         s
     });
-    let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(8);
-    let handle = tokio::runtime::Handle::current();
+    let (tx, body) = stream::stream(8);
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let mut buf = Vec::with_capacity(64 << 10);
-        let mut open = true;
-        let mut emit = |v: crate::durability::visits::Visit| {
-            if serde_json::to_writer(&mut buf, &v).is_err() {
-                return false;
-            }
-            buf.push(b'\n');
-            if buf.len() >= 60 << 10 {
-                let chunk = Bytes::from(std::mem::take(&mut buf));
-                open = handle.block_on(tx.send_data(chunk)).is_ok();
-            }
-            open
-        };
+        let mut out = Lines { tx, buf: Vec::with_capacity(64 << 10), open: true, unwritable: false };
         let result = match (&holder, &checkpoint, sources) {
             (_, _, Some(sources)) => {
                 let q = match (&holder, &checkpoint) {
                     (Some(h), _) => crate::cluster::tracing::Query::Holder(*h),
                     (None, c) => crate::cluster::tracing::Query::Checkpoint(c.clone().unwrap_or_default()),
                 };
-                crate::cluster::tracing::merged(&sources, &q, from, to, &mut |v| {
-                    if serde_json::to_writer(&mut buf, &v).is_err() {
-                        return false;
-                    }
-                    buf.push(b'\n');
-                    if buf.len() >= 60 << 10 {
-                        let chunk = Bytes::from(std::mem::take(&mut buf));
-                        open = handle.block_on(tx.send_data(chunk)).is_ok();
-                    }
-                    open
-                })
+                crate::cluster::tracing::merged(&sources, &q, from, to, &mut |v| out.push(&v))
             }
-            (Some(h), _, None) => index.by_holder(h, from, to, &mut emit),
-            (None, Some(c), None) => index.by_checkpoint(c, from, to, &mut emit),
+            (Some(h), _, None) => index.by_holder(h, from, to, |v| out.push(&v)),
+            (None, Some(c), None) => index.by_checkpoint(c, from, to, |v| out.push(&v)),
             (None, None, None) => Ok(()),
         };
         match result {
-            Ok(()) if !buf.is_empty() => {
-                let _ = handle.block_on(tx.send_data(Bytes::from(buf)));
-            }
-            Ok(()) => {}
+            Ok(()) if out.unwritable => out.fail("a visit could not be written out".to_owned()),
+            Ok(()) => out.finish(),
             // The status is already sent: end the stream with an error so
             // the client sees a broken body, never a silently short one.
             Err(e) => {
                 tracing::error!(error = %e, "tracing query failed mid-stream");
-                tx.abort(std::io::Error::other(e.to_string()));
+                out.fail(e.to_string());
             }
         }
     });
     let mut r = Response::new(Either::Right(body));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     Ok(r)
+}
+
+/// A streamed answer's JSON lines, sent in chunks of about 60 KiB.
+struct Lines {
+    tx: stream::StreamWriter,
+    buf: Vec<u8>,
+    /// The client is still there.
+    open: bool,
+    /// A line could not be serialized: the answer stops there, and must
+    /// not end as if it were complete.
+    unwritable: bool,
+}
+
+impl Lines {
+    /// Adds a line; false to stop the query (the client left, or the line
+    /// could not be written).
+    fn push(&mut self, v: &impl Serialize) -> bool {
+        if serde_json::to_writer(&mut self.buf, v).is_err() {
+            self.unwritable = true;
+            return false;
+        }
+        self.buf.push(b'\n');
+        if self.buf.len() >= 60 << 10 {
+            self.open = self.tx.send(Bytes::from(std::mem::take(&mut self.buf))).is_ok();
+        }
+        self.open
+    }
+
+    /// Sends what is left and ends the answer as complete.
+    fn finish(mut self) {
+        if !self.open {
+            return;
+        }
+        if !self.buf.is_empty() && self.tx.send(Bytes::from(self.buf)).is_err() {
+            return;
+        }
+        // Err only when the client has gone: nobody is left to answer.
+        let _ = self.tx.finish();
+    }
+
+    /// Sends what is left and ends the answer with an error.
+    fn fail(mut self, reason: String) {
+        if !self.buf.is_empty() {
+            let _ = self.tx.send(Bytes::from(std::mem::take(&mut self.buf)));
+        }
+        self.tx.fail(std::io::Error::other(reason));
+    }
 }
 
 /// The request-body parsers, for the fuzz targets (`gateway/fuzz`): the
