@@ -190,7 +190,7 @@ for m in 1 2 4; do
   if [ "${PROFILE:-0}" = 1 ] && [ "$m" = 4 ]; then
     # Only the gateway's running time is sampled: the load generator's
     # signing before its clock starts leaves the gateway idle.
-    perf record -q -F 499 -g -p "$DEMO" -o "$WORK/perf-4x.data" -- sleep $((DURATION + 8)) >/dev/null 2>&1 &
+    perf record -q -F 199 -p "$DEMO" -o "$WORK/perf-4x.data" -- sleep $((DURATION + 8)) >/dev/null 2>&1 &
     PIDS+=($!)
     perf_pid=$!
   fi
@@ -263,8 +263,8 @@ done
 if [ "${PROFILE:-0}" = 1 ] && [ -f "$WORK/perf-4x.data" ]; then
   echo
   echo "where the gateway's CPU went during the 4x step (perf, share of its samples):"
-  perf report -i "$WORK/perf-4x.data" --no-children --sort comm,dso -g none 2>/dev/null | grep -v '^#' | grep . | head -12
+  perf report -i "$WORK/perf-4x.data" --sort comm,dso 2>/dev/null | grep -v '^#' | grep . | head -12
   echo "the request workers' top symbols:"
-  perf report -i "$WORK/perf-4x.data" --no-children --comm tokio-rt-worker --sort sym -g none 2>/dev/null |
+  perf report -i "$WORK/perf-4x.data" --comm tokio-rt-worker --sort sym 2>/dev/null |
     grep -v '^#' | grep . | head -15
 fi
