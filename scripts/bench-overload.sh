@@ -244,6 +244,8 @@ echo
 # the probe's p99 back within the SLO and no probe refused (recovered).
 ok1=$(jq -r '(.statuses["200"] // 0) / .duration_s' "$WORK/scan-1.json")
 echo "against the targets:"
+# The SLO in microseconds (it is given as 5ms, 500us or 0.005s).
+slo_us=$(awk -v s="$SLO" 'BEGIN { v = s + 0; if (s ~ /ms$/) v *= 1000; else if (s !~ /us$/) v *= 1e6; print v }')
 for m in 1 2 4; do
   read -r ok p99 < <(jq -r '[((.statuses["200"] // 0) / .duration_s), (.status_latency_us["200"].p99_us // 1e12)] | @tsv' \
     "$WORK/scan-$m.json")
@@ -255,7 +257,6 @@ done
 for m in 1 2 4; do
   read -r pp99 p503 < <(jq -r '[.latency_us.p99_us, (.statuses["503"] // 0)] | @tsv' "$WORK/probe-$m.json")
   drain=$(jq -r .drain_s "$WORK/scan-$m.json")
-  slo_us=$(awk -v s="$SLO" 'BEGIN { v = s + 0; if (s ~ /ms$/) v *= 1000; else if (s ~ /us$/) v += 0; else v *= 1e6; print v }')
   awk -v m="$m" -v p="$pp99" -v r="$p503" -v slo="$slo_us" -v d="$drain" 'BEGIN {
     printf "  after %dx: answers drained in %.2f s; the probe right after: p99 %.2f ms, %d refused (%s)\n", m, d, p / 1000, r,
       (d <= 1 && p <= slo && r == 0) ? "recovered within 1 s" : "NOT recovered within 1 s and the SLO" }'

@@ -136,6 +136,17 @@ fn sort_by_hash(keys: Vec<(u64, u32)>) -> Vec<(u64, u32)> {
     sorted
 }
 
+/// Lays out holders given in hash order in `n` slots or, where they
+/// overflow the tail, a few more: the slots and the number of homes.
+fn lay_out_in<I: Iterator<Item = (u64, Slot)>>(mut n: usize, sorted: impl Fn() -> I) -> (Box<[Slot]>, usize) {
+    loop {
+        if let Some(laid) = lay_out(n, sorted()) {
+            return laid;
+        }
+        n = longer(n);
+    }
+}
+
 /// Lays out holders given in hash order in `n` slots, each at its home or
 /// right after the one before; `None` if they overflow the tail.
 fn lay_out(n: usize, sorted: impl Iterator<Item = (u64, Slot)>) -> Option<(Box<[Slot]>, usize)> {
@@ -238,17 +249,10 @@ impl Inner {
     }
 
     /// Regrows to `n` slots (more if the holders overflow the tail).
-    fn resize(&mut self, mut n: usize, hasher: &ahash::RandomState) {
+    fn resize(&mut self, n: usize, hasher: &ahash::RandomState) {
         let old = std::mem::take(&mut self.slots);
-        let sorted = || old.iter().filter(|s| s.id.0 != EMPTY_ID).map(|s| (hash(hasher, &s.id), *s));
-        loop {
-            if let Some((slots, homes)) = lay_out(n, sorted()) {
-                self.slots = slots;
-                self.homes = homes;
-                return;
-            }
-            n = longer(n);
-        }
+        (self.slots, self.homes) =
+            lay_out_in(n, || old.iter().filter(|s| s.id.0 != EMPTY_ID).map(|s| (hash(hasher, &s.id), *s)));
     }
 
     /// Grows by half at least, or to [`FILL`] for `more` holders.
@@ -500,16 +504,9 @@ impl HolderTable {
                 }
             }
             drop(keys);
-            let mut n = slots_for(kept.len());
-            loop {
-                if let Some((slots, homes)) = lay_out(n, kept.iter().map(|&(h, i)| (h, bucket[i as usize]))) {
-                    inner.slots = slots;
-                    inner.homes = homes;
-                    inner.used = kept.len();
-                    break;
-                }
-                n = longer(n);
-            }
+            (inner.slots, inner.homes) =
+                lay_out_in(slots_for(kept.len()), || kept.iter().map(|&(h, i)| (h, bucket[i as usize])));
+            inner.used = kept.len();
         }
         let after = inner.used + usize::from(inner.zero_present);
         self.len.fetch_add(after - before, Ordering::Relaxed);
