@@ -13,13 +13,18 @@
 #        - GET /readyz on the admin listener every 0.1 s, timed.
 #   3. Right after each: how long the last answers took to drain, and a
 #      light probe (200 scans/s for 2 s): recovery.
+#   4. The floor: bare_http (a fixed answer, no work) on the gateway's CPUs,
+#      asked the 4x rate on as many connections: what the kernel and hyper
+#      alone cost per request, against which a refusal's cost is read.
 # Each run gets a fresh demo gateway, so no run inherits another's state.
 #
 # Reports for admitted scans (answered 200) the achieved rate and
 # p50/p99/p99.9 from the intended send time; refused scans by reason, and
 # the gateway's refusals by class (healthgate_refused_requests_total,
 # scraped before and after); lookups' and tracing's answers by status;
-# the admin /readyz latency; the drain and the probe after the load.
+# the admin /readyz latency; the drain and the probe after the load; the
+# gateway's CPU during each step by thread (from /proc), per request, and
+# its request workers' cost per request against the floor's.
 #
 # Settings (environment): DURATION=10 CONNECTIONS=2000 SIZE=100000 SLO=5ms
 # RATE1=<found by the ramp> LOOKUP_RATE=500 TRACE_EVERY=0.2 THREADS=<CPUs>
@@ -69,7 +74,8 @@ if [ "${PROFILE:-0}" = 1 ] && ! command -v perf >/dev/null; then
   exit 1
 fi
 
-[ "${BUILD:-1}" = 0 ] || cargo build --release -p healthgate -p healthgate-loadgen
+[ "${BUILD:-1}" = 0 ] || cargo build --release -p healthgate -p healthgate-loadgen -p healthgate-benches \
+  --bin healthgate --bin healthgate-loadgen --bin bare_http
 BIN=${CARGO_TARGET_DIR:-target}/release
 # This script and all it starts (load generator, probes) run on
 # LOADGEN_CPUS; the gateway is moved to GATEWAY_CPUS as it starts.
@@ -142,6 +148,16 @@ poll() {
   done
 }
 
+# CPU time (clock ticks, user + system) of each of the gateway's threads,
+# summed by thread name: "name ticks" lines. The name ends the second
+# field of /proc/PID/task/TID/stat, in parentheses; the times are the 12th
+# and 13th fields after it.
+thread_cpu() {
+  for t in /proc/"$1"/task/*; do
+    sed 's/^.*) //' "$t/stat" 2>/dev/null | awk -v n="$(cat "$t/comm" 2>/dev/null)" '{ print n, $12 + $13 }'
+  done | awk '{ c[$1] += $2 } END { for (n in c) print n, c[n] }' | sort
+}
+
 # p50 p99 max (ms) of the second column of a poll file.
 times() {
   awk '{ print $2 * 1000 }' "$1" | sort -n | awk '{ v[NR] = $1 } END {
@@ -194,8 +210,10 @@ for m in 1 2 4; do
     PIDS+=($!)
     perf_pid=$!
   fi
+  thread_cpu "$DEMO" >"$WORK/cpu-before-$m.txt"
   loadgen "scan-$m" --rate "$rate" --duration "${DURATION}s" --connections "$CONNECTIONS" \
     --sign-ahead "$SIGN_AHEAD" --max-backlog 1000000 --case-seed $((20 + m))
+  thread_cpu "$DEMO" >"$WORK/cpu-after-$m.txt"
   [ -n "${perf_pid:-}" ] && { wait "$perf_pid" || true; perf_pid=; }
   # Recovery: the moment the scans' run returned (its answers drained), a
   # light probe.
@@ -204,6 +222,36 @@ for m in 1 2 4; do
   refusals >"$WORK/refused-after-$m.txt"
   sleep 2
 done
+
+# The floor: bare_http (a fixed answer, no work at all) on the gateway's
+# CPUs, asked the 4x rate on as many connections. What it spends per
+# request is the kernel's and hyper's share alone: no refusal can cost less.
+kill "$DEMO" 2>/dev/null || true
+wait "$DEMO" 2>/dev/null || true
+DEMO=
+echo "starting bare_http on CPUs $GATEWAY_CPUS: the floor at the 4x rate" >&2
+# Its own open-file limit raised as the gateway raises its own (2 000
+# connections are over a soft limit of 1 024); exec keeps the pid.
+(
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  exec "${PIN[@]}" "$BIN/bare_http" --addr 127.0.0.1:0
+) >"$WORK/bare_http.log" 2>&1 &
+BARE=$!
+PIDS+=("$BARE")
+BARE_URL=
+for _ in $(seq 100); do
+  BARE_URL=$(grep -o 'http://[0-9.:]*' "$WORK/bare_http.log" || true)
+  [ -n "$BARE_URL" ] && break
+  sleep 0.1
+done
+[ -n "$BARE_URL" ] || { echo "bare_http did not start:" >&2; cat "$WORK/bare_http.log" >&2; exit 1; }
+thread_cpu "$BARE" >"$WORK/cpu-before-bare.txt"
+"$BIN/healthgate-loadgen" --url "$BARE_URL" --api-key bench --no-check --target lookup --threads "$THREADS" --json -q \
+  --max-errors 1000000000 --rate "$((RATE1 * 4))" --duration "${DURATION}s" --connections "$CONNECTIONS" \
+  --max-backlog 1000000 >"$WORK/bare-4.json" 2>"$WORK/bare-4.log" || true
+thread_cpu "$BARE" >"$WORK/cpu-after-bare.txt"
+kill "$BARE" 2>/dev/null || true
+wait "$BARE" 2>/dev/null || true
 
 ms() { awk -v u="$1" 'BEGIN { if (u == "null" || u == "") print "n/a"; else printf "%.2f", u / 1000 }'; }
 echo
@@ -238,6 +286,38 @@ for m in 1 2 4; do
   read -r r50 r99 rmax < <(times "$WORK/readyz-$m.txt")
   printf "%-4s %-28s %-28s %-26s\n" "${m}x" "$lk" "$(codes "$WORK/trace-$m.txt")" "$r50/$r99/$rmax"
 done
+echo
+# What the gateway's CPU did during each scan run, by thread. The run's
+# time includes the load generator signing every token before its clock
+# starts (the gateway then serves only the lookups beside), so the share
+# of the step's DURATION is a slight overcount.
+TCK=$(getconf CLK_TCK)
+echo "the gateway's CPU during each scan run (CPU-s; /${DURATION} s = CPUs busy; per request = per scan answered or refused):"
+for m in 1 2 4; do
+  answers=$(jq -r '.answered' "$WORK/scan-$m.json")
+  join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/cpu-before-$m.txt" "$WORK/cpu-after-$m.txt" | awk -v m="$m" -v tck="$TCK" \
+    -v d="$DURATION" -v n="$answers" '{
+      s = ($3 - $2) / tck; total += s
+      name = $1
+      if (name == "tokio-rt-worker") name = "request workers"; else if (name == "healthgate-veri") name = "verifier"
+      else if (name == "healthgate-wal") name = "log writer"; else if (name == "healthgate-inde") name = "index"
+      else if (name == "healthgate-admi") name = "admin"
+      if (s > 0) parts = parts sprintf(", %s %.2f", name, s) }
+    END { printf "  %dx: %.2f CPU-s = %.2f CPUs busy, %.1f us per request%s\n", m, total, total / d,
+      (n > 0) ? total * 1e6 / n : 0, parts }'
+done
+# The request workers' share per request at 4x against bare_http's whole
+# cost per request at the same rate.
+read -r bare_n bare_p99 < <(jq -r '[.answered, .latency_us.p99_us] | @tsv' "$WORK/bare-4.json" 2>/dev/null || echo "0 0")
+bare_s=$(join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/cpu-before-bare.txt" "$WORK/cpu-after-bare.txt" |
+  awk -v tck="$TCK" '{ s += ($3 - $2) / tck } END { printf "%.2f", s }')
+gw_s=$(join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/cpu-before-4.txt" "$WORK/cpu-after-4.txt" |
+  awk -v tck="$TCK" '$1 == "tokio-rt-worker" { s += ($3 - $2) / tck } END { printf "%.2f", s }')
+gw_n=$(jq -r '.answered' "$WORK/scan-4.json")
+awk -v bs="$bare_s" -v bn="$bare_n" -v bp="$bare_p99" -v gs="$gw_s" -v gn="$gw_n" -v d="$DURATION" -v r="$((RATE1 * 4))" 'BEGIN {
+  bu = (bn > 0) ? bs * 1e6 / bn : 0; gu = (gn > 0) ? gs * 1e6 / gn : 0
+  printf "  the floor, bare_http asked %d/s on the same CPUs and connections: %.2f CPU-s = %.2f CPUs busy, %.1f us per request, p99 %.2f ms\n", r, bs, bs / d, bu, bp / 1000
+  printf "  the gateway'"'"'s request workers at 4x: %.1f us per request = %.2f x the floor\n", gu, (bu > 0) ? gu / bu : 0 }'
 echo
 # Against the targets: admitted scans' p99 at 4x within 10 ms; at every
 # step at least the 1x rate answered 200 (goodput holds); after the load,

@@ -216,15 +216,22 @@ struct PhaseRec {
     arrived: u64,
 }
 
+/// Each answer is recorded once per view it appears in, no more: by
+/// outcome, by case, by phase, and in the progress line's interval (four
+/// histograms for an answer of status 200). What the other views hold is
+/// the sum of these, built once in [`Recorder::finish`]: all answers are the
+/// phases' answers, and the answers of status 200 are the passes, denials
+/// and plain `ok`s. Only the other statuses (503 and the like) keep a
+/// histogram of their own.
 pub struct Recorder {
     schedule: Schedule,
-    overall: Histogram<u64>,
     outcomes: Vec<(Tally, Histogram<u64>)>,
     kinds: Vec<(Tally, Histogram<u64>)>,
     phases: Vec<PhaseRec>,
     cleanup: (Tally, Histogram<u64>),
     mismatches: u64,
     unverifiable: u64,
+    /// Answers by status, but for 200 (see the type's comment).
     statuses: BTreeMap<u16, Histogram<u64>>,
     /// The first `show` mismatches of the run, by their number.
     shown: Vec<(u64, String)>,
@@ -244,7 +251,6 @@ impl Recorder {
     pub fn new(schedule: &Schedule, show: usize) -> Recorder {
         Recorder {
             schedule: schedule.clone(),
-            overall: histogram(),
             outcomes: Outcome::NAMES.iter().map(|_| (Tally::default(), histogram())).collect(),
             kinds: Kind::ALL.iter().map(|_| (Tally::default(), histogram())).collect(),
             phases: schedule
@@ -279,7 +285,6 @@ impl Recorder {
         fn add(to: &mut Histogram<u64>, from: &Histogram<u64>) {
             to.add(from).expect("histograms of the same bounds");
         }
-        add(&mut self.overall, &other.overall);
         for ((t, h), (ot, oh)) in
             self.outcomes.iter_mut().chain(&mut self.kinds).zip(other.outcomes.iter().chain(&other.kinds))
         {
@@ -339,11 +344,10 @@ impl Recorder {
                 tally.add(c);
                 self.phases[p].tally.add(c);
                 if answered {
-                    if let Some(s) = c.outcome.status() {
+                    if let Outcome::Status(s) = c.outcome {
                         self.statuses.entry(s).or_insert_with(histogram).saturating_record(us);
                     }
                     hist.saturating_record(us);
-                    self.overall.saturating_record(us);
                     self.phases[p].hist.saturating_record(us);
                     self.interval.saturating_record(us);
                 }
@@ -447,7 +451,19 @@ impl Recorder {
             total: self.outcomes.iter().map(|(t, _)| t.errors).sum::<u64>() + self.cleanup.0.errors,
         };
         let scheduled: u64 = self.phases.iter().map(|p| p.tally.count).sum();
-        let answered = self.overall.len();
+        let mut overall = histogram();
+        for p in &self.phases {
+            overall.add(&p.hist).expect("histograms of the same bounds");
+        }
+        let answered = overall.len();
+        let mut statuses = self.statuses;
+        let mut ok200 = histogram();
+        for o in [Outcome::Pass, Outcome::Deny, Outcome::Ok] {
+            ok200.add(&self.outcomes[o.index()].1).expect("histograms of the same bounds");
+        }
+        if !ok200.is_empty() {
+            statuses.insert(200, ok200);
+        }
         let arrived: u64 = self.phases.iter().map(|p| p.arrived).sum();
         let case = |(t, h): &(Tally, Histogram<u64>)| CaseSummary {
             count: t.count,
@@ -469,14 +485,14 @@ impl Recorder {
             drain_s: (self.last_done.as_secs_f64() - duration).max(0.0),
             pass: count(Outcome::Pass),
             deny: count(Outcome::Deny),
-            statuses: self.statuses.iter().map(|(s, h)| (*s, h.len())).collect(),
-            status_latency_us: self.statuses.iter().map(|(s, h)| (*s, Latency::of(h))).collect(),
+            statuses: statuses.iter().map(|(s, h)| (*s, h.len())).collect(),
+            status_latency_us: statuses.iter().map(|(s, h)| (*s, Latency::of(h))).collect(),
             errors,
             max_errors,
             mismatches: self.mismatches,
             first_mismatches: self.shown.into_iter().map(|(_, l)| l).collect(),
             unverifiable: self.unverifiable,
-            latency_us: Latency::of(&self.overall),
+            latency_us: Latency::of(&overall),
             outcomes: Outcome::NAMES
                 .iter()
                 .zip(&self.outcomes)
@@ -693,6 +709,51 @@ mod tests {
         assert_eq!(sum.cases["red"].errors, 3);
         assert!(!sum.ok, "mismatches always fail the run");
         assert_eq!(sum.first_mismatches.len(), 1);
+    }
+
+    /// The views built at the end (all answers, answers of status 200) hold
+    /// exactly what recording every answer into them would have, across
+    /// phases and across the workers' recorders.
+    #[test]
+    fn the_views_built_at_the_end_match_recording_into_each() {
+        let s = Schedule::ramp(100.0, 200.0, Step::Add(100.0), Duration::from_secs(1)).unwrap();
+        let mut a = Recorder::new(&s, 0);
+        let mut b = a.sibling();
+        let (mut all, mut ok200, mut refused) = (histogram(), histogram(), histogram());
+        let outcomes = [Outcome::Pass, Outcome::Deny, Outcome::Ok, Outcome::Status(503), Outcome::Timeout];
+        for (n, slot) in s.instants().enumerate() {
+            let at = slot.at.as_micros() as u64;
+            let lat = 100 + (n as u64 * 7919) % 20_000;
+            let outcome = outcomes[n % outcomes.len()];
+            let c = Completion {
+                kind: if n % 3 == 0 { Kind::GreenIn } else { Kind::Red },
+                phase: Some(slot.phase),
+                intended: Duration::from_micros(at),
+                done: Duration::from_micros(at + lat),
+                outcome,
+                mismatch: None,
+                unverifiable: false,
+            };
+            if n % 2 == 0 { &mut a } else { &mut b }.record(&c);
+            match outcome {
+                Outcome::Timeout => {}
+                Outcome::Status(_) => {
+                    all.record(lat).unwrap();
+                    refused.record(lat).unwrap();
+                }
+                _ => {
+                    all.record(lat).unwrap();
+                    ok200.record(lat).unwrap();
+                }
+            }
+        }
+        a.merge(b);
+        let sum = a.finish("scan", 2, false, u64::MAX, None, ClientCost::default());
+        assert_eq!(sum.latency_us, Latency::of(&all));
+        assert_eq!(sum.status_latency_us[&200], Latency::of(&ok200));
+        assert_eq!(sum.status_latency_us[&503], Latency::of(&refused));
+        assert_eq!(sum.statuses[&200] + sum.statuses[&503], sum.answered);
+        assert_eq!(sum.answered, all.len());
     }
 
     #[test]
