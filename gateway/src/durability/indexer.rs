@@ -37,8 +37,13 @@ pub const INDEX_BATCH: usize = 50_000;
 /// traffic (and the durable commits it leads to) small beside the log's
 /// fsyncs, at the cost of a tracing query waiting up to this much longer
 /// for the index to reach the log. A lone visit after a quiet spell is
-/// committed at once.
-pub const COMMIT_INTERVAL: Duration = Duration::from_millis(5);
+/// committed at once. Each commit also costs CPU of its own (rewriting and
+/// checksumming the pages it touched): at 5 ms the index took 14 µs of CPU
+/// per scan on a ramp of scans, at 25 ms 10.5 µs (`PARTS=d
+/// scripts/bench-e2e.sh`, docs/PERFORMANCE.md), while a tracing query,
+/// which waits up to `gateway::lifecycle::INDEX_WAIT` (2 s) for the index,
+/// waits at most 25 ms more.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(25);
 
 /// Most visits queued for the indexer; past it the writer drops batches
 /// and the indexer reads them back from the log (about 200 bytes a visit).

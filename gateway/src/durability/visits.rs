@@ -125,9 +125,9 @@ pub const DURABLE_EVERY: Duration = Duration::from_secs(5);
 /// A durable commit at least this often, counted in inserting commits: each
 /// commit rewrites at least the root-to-leaf paths it touches (about 32 KiB),
 /// so this bounds the space that waits to be freed when batches are small.
-/// The indexer commits at most every few milliseconds, so at full pace this
-/// and [`DURABLE_EVERY`] come out about the same.
-pub const DURABLE_EVERY_COMMITS: u32 = 1024;
+/// The indexer commits at most every `indexer::COMMIT_INTERVAL` (25 ms),
+/// so at full pace this and [`DURABLE_EVERY`] come out the same.
+pub const DURABLE_EVERY_COMMITS: u32 = 200;
 
 /// A durable commit at least this often, counted in visits: it bounds the
 /// replay after a crash, and the pages waiting to be freed when batches are
