@@ -137,12 +137,6 @@ RAMP=(--ramp "$RAMP_FROM..$RAMP_TO" --step "x$FACTOR" --step-duration "${STEP_SE
 # CPU time (user + system, clock ticks) of process $1 so far.
 ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 TCK=$(getconf CLK_TCK)
-# CPU ticks of each of process $1's threads, summed by thread name.
-thread_ticks() {
-  for t in /proc/"$1"/task/*; do
-    sed 's/^.*) //' "$t/stat" 2>/dev/null | awk -v n="$(cat "$t/comm" 2>/dev/null)" '{ print n, $12 + $13 }'
-  done | awk '{ c[$1] += $2 } END { for (n in c) print n, c[n] }' | sort
-}
 
 # loadgen NAME ARGS...: one run, JSON summary in $WORK/NAME.json, exit code in $WORK/NAME.rc.
 # With SRV=<server pid> set, the server's CPU seconds during the run go to

@@ -15,3 +15,13 @@ bench_cleanup() {
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ "${KEEP:-0}" = 1 ]; then echo "results kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
+
+# thread_ticks PID: the CPU time (clock ticks, user + system) of each of the
+# process's threads, summed by thread name, as sorted "name ticks" lines
+# (for `join`). The name closes the second field of /proc/PID/task/TID/stat,
+# in parentheses; the times are the 12th and 13th fields after it.
+thread_ticks() {
+  for t in /proc/"$1"/task/*; do
+    sed 's/^.*) //' "$t/stat" 2>/dev/null | awk -v n="$(cat "$t/comm" 2>/dev/null)" '{ print n, $12 + $13 }'
+  done | awk '{ c[$1] += $2 } END { for (n in c) print n, c[n] }' | sort
+}

@@ -148,16 +148,6 @@ poll() {
   done
 }
 
-# CPU time (clock ticks, user + system) of each of the gateway's threads,
-# summed by thread name: "name ticks" lines. The name ends the second
-# field of /proc/PID/task/TID/stat, in parentheses; the times are the 12th
-# and 13th fields after it.
-thread_cpu() {
-  for t in /proc/"$1"/task/*; do
-    sed 's/^.*) //' "$t/stat" 2>/dev/null | awk -v n="$(cat "$t/comm" 2>/dev/null)" '{ print n, $12 + $13 }'
-  done | awk '{ c[$1] += $2 } END { for (n in c) print n, c[n] }' | sort
-}
-
 # p50 p99 max (ms) of the second column of a poll file.
 times() {
   awk '{ print $2 * 1000 }' "$1" | sort -n | awk '{ v[NR] = $1 } END {
@@ -210,10 +200,10 @@ for m in 1 2 4; do
     PIDS+=($!)
     perf_pid=$!
   fi
-  thread_cpu "$DEMO" >"$WORK/cpu-before-$m.txt"
+  thread_ticks "$DEMO" >"$WORK/cpu-before-$m.txt"
   loadgen "scan-$m" --rate "$rate" --duration "${DURATION}s" --connections "$CONNECTIONS" \
     --sign-ahead "$SIGN_AHEAD" --max-backlog 1000000 --case-seed $((20 + m))
-  thread_cpu "$DEMO" >"$WORK/cpu-after-$m.txt"
+  thread_ticks "$DEMO" >"$WORK/cpu-after-$m.txt"
   [ -n "${perf_pid:-}" ] && { wait "$perf_pid" || true; perf_pid=; }
   # Recovery: the moment the scans' run returned (its answers drained), a
   # light probe.
@@ -245,11 +235,11 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 [ -n "$BARE_URL" ] || { echo "bare_http did not start:" >&2; cat "$WORK/bare_http.log" >&2; exit 1; }
-thread_cpu "$BARE" >"$WORK/cpu-before-bare.txt"
+thread_ticks "$BARE" >"$WORK/cpu-before-bare.txt"
 "$BIN/healthgate-loadgen" --url "$BARE_URL" --api-key bench --no-check --target lookup --threads "$THREADS" --json -q \
   --max-errors 1000000000 --rate "$((RATE1 * 4))" --duration "${DURATION}s" --connections "$CONNECTIONS" \
   --max-backlog 1000000 >"$WORK/bare-4.json" 2>"$WORK/bare-4.log" || true
-thread_cpu "$BARE" >"$WORK/cpu-after-bare.txt"
+thread_ticks "$BARE" >"$WORK/cpu-after-bare.txt"
 kill "$BARE" 2>/dev/null || true
 wait "$BARE" 2>/dev/null || true
 
