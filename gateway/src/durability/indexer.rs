@@ -11,7 +11,9 @@
 //! visits that are in the index.
 //!
 //! Commits are paced ([`COMMIT_INTERVAL`]): batches that arrive within
-//! that time of the last commit are gathered into the next one.
+//! that time of the last commit are gathered into the next one. The thread
+//! sleeps out the pace and then takes all that queued, so it wakes once a
+//! commit, not once per batch the writer hands over.
 //!
 //! An insert error stops indexing until the next start (which catches up
 //! from the log), rather than skipping visits: a later successful batch
@@ -337,10 +339,15 @@ fn index_loop(
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
                 Err(std::sync::mpsc::TryRecvError::Empty) => {
                     match due.and_then(|d| d.checked_duration_since(Instant::now())) {
-                        Some(left) if !left.is_zero() => match rx.recv_timeout(left) {
-                            Ok(b) => b,
-                            Err(_) => break,
-                        },
+                        // Sleep out the pace, then take everything queued:
+                        // waiting on the queue instead would wake this
+                        // thread for every batch the writer hands over
+                        // (a log batch is a few records), and the writer
+                        // to wake it; this way it wakes once a commit.
+                        Some(left) if !left.is_zero() => {
+                            std::thread::sleep(left);
+                            continue;
+                        }
                         _ => break,
                     }
                 }
