@@ -12,7 +12,8 @@
 #          TRACE_EVERY seconds on the admin listener;
 #        - GET /readyz on the admin listener every 0.1 s, timed.
 #   3. Right after each: how long the last answers took to drain, and a
-#      light probe (200 scans/s for 2 s): recovery.
+#      light probe (400 scans/s for 4 s, enough answers for its p99 to
+#      mean something): recovery.
 #   4. The floor: bare_http (a fixed answer, no work) on the gateway's CPUs,
 #      asked the 4x rate on as many connections: what the kernel and hyper
 #      alone cost per request, against which a refusal's cost is read.
@@ -207,7 +208,7 @@ for m in 1 2 4; do
   [ -n "${perf_pid:-}" ] && { wait "$perf_pid" || true; perf_pid=; }
   # Recovery: the moment the scans' run returned (its answers drained), a
   # light probe.
-  loadgen "probe-$m" --rate 200 --duration 2s --connections 16 --case-seed $((30 + m))
+  loadgen "probe-$m" --rate 400 --duration 4s --connections 16 --case-seed $((30 + m))
   wait "$lookups" "$readyz" "$tracing" || true
   refusals >"$WORK/refused-after-$m.txt"
   sleep 2
