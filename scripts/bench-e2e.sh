@@ -272,11 +272,8 @@ if part d; then
   # Where the gateway's CPU went during (d), by thread, per scan answered.
   join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/d-gateway-scan.threads-before" "$WORK/d-gateway-scan.threads-after" |
     awk -v t="$TCK" -v n="$(jq -r .answered "$WORK/d-gateway-scan.json")" '{
-      s = ($3 - $2) / t; name = $1
-      if (name == "tokio-rt-worker") name = "request workers"; else if (name ~ /^healthgate-veri/) name = "verifier"
-      else if (name == "healthgate-wal") name = "log writer"; else if (name ~ /^healthgate-inde/) name = "index"
-      else if (name ~ /^healthgate-admi/) name = "admin"
-      if (s > 0 && n > 0) parts = parts sprintf("%s%s %.1f", (parts == "") ? "" : ", ", name, s * 1e6 / n) }
+      s = ($3 - $2) / t
+      if (s > 0 && n > 0) parts = parts sprintf("%s%s %.1f", (parts == "") ? "" : ", ", $1, s * 1e6 / n) }
     END { print "(d) the gateway'"'"'s CPU per scan answered, by thread (µs): " parts }'
 fi
 if part b && part d; then

@@ -19,9 +19,17 @@ bench_cleanup() {
 # thread_ticks PID: the CPU time (clock ticks, user + system) of each of the
 # process's threads, summed by thread name, as sorted "name ticks" lines
 # (for `join`). The name closes the second field of /proc/PID/task/TID/stat,
-# in parentheses; the times are the 12th and 13th fields after it.
+# in parentheses; the times are the 12th and 13th fields after it. The
+# gateway's threads are named for what they do (request-workers, verifier,
+# log-writer, index, admin); other names are kept as they are.
 thread_ticks() {
   for t in /proc/"$1"/task/*; do
     sed 's/^.*) //' "$t/stat" 2>/dev/null | awk -v n="$(cat "$t/comm" 2>/dev/null)" '{ print n, $12 + $13 }'
-  done | awk '{ c[$1] += $2 } END { for (n in c) print n, c[n] }' | sort
+  done | awk '{
+      n = $1
+      if (n == "tokio-rt-worker") n = "request-workers"; else if (n ~ /^healthgate-veri/) n = "verifier"
+      else if (n == "healthgate-wal") n = "log-writer"; else if (n ~ /^healthgate-inde/) n = "index"
+      else if (n ~ /^healthgate-admi/) n = "admin"
+      c[n] += $2 }
+    END { for (n in c) print n, c[n] }' | sort
 }

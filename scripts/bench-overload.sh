@@ -289,11 +289,7 @@ for m in 1 2 4; do
   join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/cpu-before-$m.txt" "$WORK/cpu-after-$m.txt" | awk -v m="$m" -v tck="$TCK" \
     -v d="$DURATION" -v n="$answers" '{
       s = ($3 - $2) / tck; total += s
-      name = $1
-      if (name == "tokio-rt-worker") name = "request workers"; else if (name == "healthgate-veri") name = "verifier"
-      else if (name == "healthgate-wal") name = "log writer"; else if (name == "healthgate-inde") name = "index"
-      else if (name == "healthgate-admi") name = "admin"
-      if (s > 0) parts = parts sprintf(", %s %.2f", name, s) }
+      if (s > 0) parts = parts sprintf(", %s %.2f", $1, s) }
     END { printf "  %dx: %.2f CPU-s = %.2f CPUs busy, %.1f us per request%s\n", m, total, total / d,
       (n > 0) ? total * 1e6 / n : 0, parts }'
 done
@@ -303,7 +299,7 @@ read -r bare_n bare_p99 < <(jq -r '[.answered, .latency_us.p99_us] | @tsv' "$WOR
 bare_s=$(join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/cpu-before-bare.txt" "$WORK/cpu-after-bare.txt" |
   awk -v tck="$TCK" '{ s += ($3 - $2) / tck } END { printf "%.2f", s }')
 gw_s=$(join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/cpu-before-4.txt" "$WORK/cpu-after-4.txt" |
-  awk -v tck="$TCK" '$1 == "tokio-rt-worker" { s += ($3 - $2) / tck } END { printf "%.2f", s }')
+  awk -v tck="$TCK" '$1 == "request-workers" { s += ($3 - $2) / tck } END { printf "%.2f", s }')
 gw_n=$(jq -r '.answered' "$WORK/scan-4.json")
 awk -v bs="$bare_s" -v bn="$bare_n" -v bp="$bare_p99" -v gs="$gw_s" -v gn="$gw_n" -v d="$DURATION" -v r="$((RATE1 * 4))" 'BEGIN {
   bu = (bn > 0) ? bs * 1e6 / bn : 0; gu = (gn > 0) ? gs * 1e6 / gn : 0

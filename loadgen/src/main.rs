@@ -126,9 +126,10 @@ struct Args {
     /// dropped as overflow errors (bounds memory when the target falls behind).
     #[arg(long, default_value_t = 200_000)]
     max_backlog: usize,
-    /// The pacing tick: each worker thread wakes at most this often to send
-    /// and sends every request of its share due by then together. Fewer wake-ups cost less CPU; a send
-    /// may leave up to a tick after its instant, and latency counts that.
+    /// The pacing tick: each worker thread wakes at most this often and
+    /// sends every request of its share due by then together. Fewer
+    /// wake-ups cost less CPU; a send may leave up to a tick after its
+    /// instant, and latency counts that.
     #[arg(long, value_parser = parse_duration, default_value = "100us")]
     tick: Duration,
     /// Requests prepared (tokens signed) ahead of their instant; the run

@@ -15,18 +15,9 @@ use healthgate::durability::wal::storage::FsStorage;
 use healthgate::durability::wal::{Recovered, Wal, WalSettings};
 use healthgate::policy::{Direction, Passback, Reason};
 use healthgate::state::Effect;
+use healthgate_benches::process_cpu;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// CPU time of the whole process: on a shared machine the wall time also
-/// counts the waits for a core.
-fn process_cpu() -> std::time::Duration {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `t` is a valid timespec to write to.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    assert_eq!(rc, 0, "clock_gettime");
-    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
 
 fn main() -> anyhow::Result<()> {
     let holders: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);

@@ -135,14 +135,7 @@ fn measured(
     }
 }
 
-/// CPU time (user + system) of the calling thread, in seconds.
+/// CPU time of the calling thread, in seconds.
 fn thread_cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes the struct we pass, plain data fully
-    // initialised by zeroing.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
-        return f64::NAN;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(ru.ru_utime) + secs(ru.ru_stime)
+    healthgate_benches::thread_cpu().as_secs_f64()
 }

@@ -19,28 +19,11 @@ use healthgate::holder::HolderId;
 use healthgate::population::{mix64, Mix, Population};
 use healthgate::state::HolderState;
 use healthgate::store::Store;
+use healthgate_benches::{rss_bytes, thread_cpu as cpu_time};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("statm resident");
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    pages * page
-}
-
 const LOOKUPS: u64 = 1_000_000;
-
-/// This thread's CPU time: on a shared machine it leaves out the time the
-/// thread waited for a core, which wall time would count.
-fn cpu_time() -> Duration {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `t` is a valid timespec to write to.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    assert_eq!(rc, 0, "clock_gettime");
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
 
 /// Times `LOOKUPS` calls of `found` in CPU time, five rounds, and returns
 /// how many found their holder and the median round.
