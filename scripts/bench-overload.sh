@@ -25,7 +25,9 @@
 # scraped before and after); lookups' and tracing's answers by status;
 # the admin /readyz latency; the drain and the probe after the load; the
 # gateway's CPU during each step by thread (from /proc), per request, and
-# its request workers' cost per request against the floor's.
+# its request workers' cost per request against the floor's; the 4x
+# step's CPU budget: what answering everything plus holding the 1x rate
+# needs, against the gateway's CPUs and the 1x step's own load.
 #
 # Settings (environment): DURATION=10 CONNECTIONS=2000 SIZE=100000 SLO=5ms
 # RATE1=<found by the ramp> LOOKUP_RATE=500 TRACE_EVERY=0.2 THREADS=<CPUs>
@@ -305,6 +307,26 @@ awk -v bs="$bare_s" -v bn="$bare_n" -v bp="$bare_p99" -v gs="$gw_s" -v gn="$gw_n
   bu = (bn > 0) ? bs * 1e6 / bn : 0; gu = (gn > 0) ? gs * 1e6 / gn : 0
   printf "  the floor, bare_http asked %d/s on the same CPUs and connections: %.2f CPU-s = %.2f CPUs busy, %.1f us per request, p99 %.2f ms\n", r, bs, bs / d, bu, bp / 1000
   printf "  the gateway'"'"'s request workers at 4x: %.1f us per request = %.2f x the floor\n", gu, (bu > 0) ? gu / bu : 0 }'
+# The CPU budget of the 4x step: answering every request (the request
+# workers, refusals included) plus the 1x rate's work behind admission
+# (verifier, log writer, index) at the cost per admitted scan the step
+# measured, against the CPUs the gateway has and how busy the 1x step was.
+case "$GATEWAY_CPUS" in
+  all) gw_cpus=$NCPU ;;
+  *) gw_cpus=$(echo "$GATEWAY_CPUS" | tr , '\n' | awk -F- '{ n += (NF == 2) ? $2 - $1 + 1 : 1 } END { print n }') ;;
+esac
+behind_s=$(join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/cpu-before-4.txt" "$WORK/cpu-after-4.txt" |
+  awk -v tck="$TCK" '$1 == "verifier" || $1 == "log-writer" || $1 == "index" { s += ($3 - $2) / tck } END { printf "%.2f", s }')
+busy1=$(join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/cpu-before-1.txt" "$WORK/cpu-after-1.txt" |
+  awk -v tck="$TCK" '{ s += ($3 - $2) / tck } END { printf "%.2f", s }')
+read -r ok4 ok1_rate p99_1 < <(jq -rs '[(.[0].statuses["200"] // 0), (.[1].statuses["200"] // 0) / .[1].duration_s,
+  (.[1].status_latency_us["200"].p99_us // 0)] | @tsv' "$WORK/scan-4.json" "$WORK/scan-1.json")
+awk -v gs="$gw_s" -v bs="$behind_s" -v ok4="$ok4" -v ok1="$ok1_rate" -v d="$DURATION" -v n="$gw_cpus" -v b1="$busy1" \
+  -v p1="$p99_1" 'BEGIN {
+  per = (ok4 > 0) ? bs * 1e6 / ok4 : 0; answer = gs / d; hold = answer + ok1 * per / 1e6
+  printf "  the 4x budget: answering every request took %.2f CPUs (request workers) and each admitted scan %.1f us behind\n", answer, per
+  printf "    admission (verifier, log writer, index), so holding the 1x rate there needs %.2f of the gateway'"'"'s %d CPUs;\n", hold, n
+  printf "    the 1x step itself ran at %.2f busy with admitted p99 %.2f ms\n", b1 / d / n, p1 / 1000 }'
 echo
 # Against the targets: admitted scans' p99 at 4x within 10 ms; at every
 # step at least the 1x rate answered 200 (goodput holds); after the load,
