@@ -24,6 +24,10 @@
 # Settings (environment): DURATION=10 CONNECTIONS=64 THREADS=<CPUs> STEPS=12
 # RAMP_FROM=1000 RAMP_TO=64000 SLO=5ms SCALE=10 SIZE=100000 SIGN_AHEAD=2000000
 # KEEP=1 (keep the work folder).
+# REFINE=4 REFINE_SECS=1: after the ramps of (b) and (d), a finer ramp of
+# this many sub-steps of REFINE_SECS seconds between the highest step
+# within the SLO and the next one, so that their ratio within the SLO is
+# read finer than the ramp's factor between steps (REFINE=0: off).
 # PARTS=abcdefg: the parts to run, e.g. PARTS=f for the client comparison
 # alone (which needs neither the gateway nor bare_verify). REPEAT=1: how
 # many times (f) runs, wrk and the load generator taking turns; the table
@@ -134,6 +138,9 @@ STEP_SECS=$(awk -v d="$DURATION" -v n="$STEPS" 'BEGIN { printf "%.3f", d / n }')
 COMPRESS=$(awk -v p="$PROFILE_SECS" -v d="$DURATION" 'BEGIN { printf "%.3f", p / d }')
 RAMP=(--ramp "$RAMP_FROM..$RAMP_TO" --step "x$FACTOR" --step-duration "${STEP_SECS}s" --slo-p99 "$SLO"
   --max-backlog "$RAMP_BACKLOG")
+REFINE=${REFINE:-4}
+[[ $REFINE =~ ^[0-9]+$ ]] || { echo "REFINE must be a number of sub-steps, e.g. 4" >&2; exit 64; }
+REFINE_SECS=${REFINE_SECS:-1}
 
 # CPU time (user + system, clock ticks) of process $1 so far.
 ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
@@ -161,10 +168,34 @@ loadgen() {
   fi
 }
 
+# The highest ramp step within the SLO (0: not even the first).
+max_rate() { jq -r '.slo.max_rate // 0' "$WORK/$1.json"; }
+# refine NAME SEED ARGS...: after NAME's ramp, a finer ramp between its
+# highest step within the SLO and the next step: REFINE sub-steps of
+# REFINE_SECS each, plus one sub-step below, where a fresh client's first
+# requests land (the ramp's rule: the highest step within the SLO counts,
+# whatever broke before it). The rate found goes to $WORK/NAME.refined.
+refine() {
+  local name=$1 seed=$2 lo sub
+  shift 2
+  lo=$(max_rate "$name")
+  if [ "$REFINE" -gt 0 ] && [ "$lo" != 0 ]; then
+    sub=$(awk -v f="$FACTOR" -v n="$REFINE" 'BEGIN { printf "%.4f", exp(log(f) / n) }')
+    loadgen "$name-refine" --ramp "$(awk -v l="$lo" -v s="$sub" 'BEGIN { printf "%.0f", l / s }')..$(awk -v l="$lo" \
+      -v f="$FACTOR" 'BEGIN { printf "%.0f", l * f }')" --step "x$sub" --step-duration "${REFINE_SECS}s" \
+      --slo-p99 "$SLO" --max-backlog "$RAMP_BACKLOG" --case-seed "$seed" "$@"
+    lo=$(max_rate "$name-refine")
+  fi
+  echo "$lo" >"$WORK/$name.refined"
+}
+
 # (a) and (c) send the same GETs; (b) and (d) the same signed scans.
 part a && SRV=${SERVER[bare_http]} loadgen a-bare-http --url "$BARE_HTTP" --target lookup --no-check "${RAMP[@]}"
-part b && SRV=${SERVER[bare_verify]} loadgen b-bare-verify --url "$BARE_VERIFY" --no-check --mix-cases green=1 \
-  --sign-ahead "$SIGN_AHEAD" "${RAMP[@]}"
+if part b; then
+  B_ARGS=(--url "$BARE_VERIFY" --no-check --mix-cases green=1 --sign-ahead "$SIGN_AHEAD")
+  SRV=${SERVER[bare_verify]} loadgen b-bare-verify "${B_ARGS[@]}" "${RAMP[@]}"
+  refine b-bare-verify 20 "${B_ARGS[@]}"
+fi
 part c && SRV=${SERVER[gateway]} loadgen c-gateway-lookup --target lookup "${RAMP[@]}"
 # (e) before (d): the ramp's overloaded top steps lose requests, and a lost
 # `out` would leave its holder inside for the next run's anti-passback.
@@ -176,6 +207,7 @@ if part d; then
   batch_sizes >"$WORK/d-batches.before"
   SRV=${SERVER[gateway]} loadgen d-gateway-scan --case-seed 4 --sign-ahead "$SIGN_AHEAD" "${RAMP[@]}"
   batch_sizes >"$WORK/d-batches.after"
+  refine d-gateway-scan 40 --sign-ahead "$SIGN_AHEAD"
 fi
 
 # (f) the same connection count and threads for wrk and the loadgen; CPU
@@ -234,7 +266,6 @@ ramp_row() {
   printf "%-34s %10s %10.0f %10s %10s %10s %8s %10s\n" "$label" "$max" "$peak" "$(ms "$p50")" "$(ms "$p99")" \
     "$(ms "$p999")" "$errors" "$mism"
 }
-max_rate() { jq -r '.slo.max_rate // 0' "$WORK/$1.json"; }
 peak_rate() { jq -r '.slo.peak_achieved_rate' "$WORK/$1.json"; }
 # Ratio of the max rates within the SLO; a bound when the numerator broke it
 # at the first step.
@@ -259,6 +290,16 @@ part d && ramp_row "(d) gateway POST /v1/scan" d-gateway-scan
 if part a && part b && part c && part d; then
 echo "ratios (max rate within the SLO): (c)/(a) = $(slo_ratio c-gateway-lookup a-bare-http)," \
   "(d)/(b) = $(slo_ratio d-gateway-scan b-bare-verify)"
+fi
+if part b && part d && [ "$REFINE" -gt 0 ]; then
+  b_ref=$(cat "$WORK/b-bare-verify.refined")
+  d_ref=$(cat "$WORK/d-gateway-scan.refined")
+  echo "refined within the SLO ($REFINE sub-steps of ${REFINE_SECS} s from a ramp's last step within it to the next):" \
+    "(b) $(printf %.0f "$b_ref")/s, (d) $(printf %.0f "$d_ref")/s ($(jq -r .mismatches \
+    "$WORK/d-gateway-scan-refine.json" 2>/dev/null || echo 0) wrong answers);" \
+    "(d)/(b) = $(if [ "$d_ref" = 0 ]; then echo "n/a"; else ratio "$d_ref" "$b_ref"; fi)"
+fi
+if part a && part b && part c && part d; then
 echo "ratios (peak achieved):           (c)/(a) = $(ratio "$(peak_rate c-gateway-lookup)" "$(peak_rate a-bare-http)")," \
   "(d)/(b) = $(ratio "$(peak_rate d-gateway-scan)" "$(peak_rate b-bare-verify)")"
 fi
