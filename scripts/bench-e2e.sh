@@ -290,6 +290,8 @@ part d && ramp_row "(d) gateway POST /v1/scan" d-gateway-scan
 if part a && part b && part c && part d; then
 echo "ratios (max rate within the SLO): (c)/(a) = $(slo_ratio c-gateway-lookup a-bare-http)," \
   "(d)/(b) = $(slo_ratio d-gateway-scan b-bare-verify)"
+echo "ratios (peak achieved):           (c)/(a) = $(ratio "$(peak_rate c-gateway-lookup)" "$(peak_rate a-bare-http)")," \
+  "(d)/(b) = $(ratio "$(peak_rate d-gateway-scan)" "$(peak_rate b-bare-verify)")"
 fi
 if part b && part d && [ "$REFINE" -gt 0 ]; then
   b_ref=$(cat "$WORK/b-bare-verify.refined")
@@ -298,10 +300,6 @@ if part b && part d && [ "$REFINE" -gt 0 ]; then
     "(b) $(printf %.0f "$b_ref")/s, (d) $(printf %.0f "$d_ref")/s ($(jq -r .mismatches \
     "$WORK/d-gateway-scan-refine.json" 2>/dev/null || echo 0) wrong answers);" \
     "(d)/(b) = $(if [ "$d_ref" = 0 ]; then echo "n/a"; else ratio "$d_ref" "$b_ref"; fi)"
-fi
-if part a && part b && part c && part d; then
-echo "ratios (peak achieved):           (c)/(a) = $(ratio "$(peak_rate c-gateway-lookup)" "$(peak_rate a-bare-http)")," \
-  "(d)/(b) = $(ratio "$(peak_rate d-gateway-scan)" "$(peak_rate b-bare-verify)")"
 fi
 # Who had the CPU: the two cores are shared, so a ramp's top is where
 # client and server together ran out of it. The server's CPU comes from
