@@ -32,8 +32,9 @@
 # alone (which needs neither the gateway nor bare_verify). REPEAT=1: how
 # many times (f) runs, wrk and the load generator taking turns; the table
 # gives each repetition and the medians. F_SHARE=80: the GET runs of (f)
-# ask this % of wrk's rate; F_TICK=1ms: the second GET run's pacing tick. LOADGEN=<path>: another
-# healthgate-loadgen binary for (f) (e.g. an earlier build, to compare).
+# ask this % of wrk's rate; F_TICK=1ms: the second GET run's pacing tick.
+# LOADGEN=<path>: another healthgate-loadgen binary for (f) (e.g. an
+# earlier build, to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
