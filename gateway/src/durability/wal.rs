@@ -7,7 +7,8 @@
 //! blocking. One writer thread (group commit) takes everything queued (up to
 //! `batch_max_records`), waits up to `batch_max_wait` after the first
 //! record for more only while records have been arriving closer together
-//! than half that window (a lone record is written at once), appends
+//! than half that window (a lone record is written at once; a wait sleeps
+//! the window out and then takes what queued, one wake-up a batch), appends
 //! the frames to the current segment, fdatasyncs once, and then resolves
 //! each record's [`Ticket`]. In strict mode a request is answered only after
 //! its ticket resolves; in async mode it is answered at once and is durable
@@ -37,7 +38,7 @@ pub mod storage;
 use crate::clock::UnixSecs;
 use record::{Event, Record};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use storage::Storage;
@@ -527,9 +528,17 @@ struct Arrivals {
 
 impl Arrivals {
     fn saw(&mut self, now: Instant) {
+        self.saw_n(now, 1);
+    }
+
+    /// `n` records (at least one) have come since the last one seen; they
+    /// are taken as evenly spread up to `now`.
+    fn saw_n(&mut self, now: Instant, n: usize) {
         if let Some(last) = self.last {
-            let gap = now.duration_since(last).as_secs_f64();
-            self.mean_gap += (gap - self.mean_gap) / 8.0;
+            let gap = now.duration_since(last).as_secs_f64() / n.max(1) as f64;
+            for _ in 0..n.max(1) {
+                self.mean_gap += (gap - self.mean_gap) / 8.0;
+            }
         } else {
             // Start idle: the first record is written at once.
             self.mean_gap = 1.0;
@@ -578,16 +587,26 @@ fn write_loop(
                 // together than half the window); a lone record is written
                 // at once (PostgreSQL's commit_delay with commit_siblings).
                 Err(_) if !arrivals.busy(s.batch_max_wait) => break,
-                Err(_) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => match rx.recv_timeout(left) {
-                        Ok(p) => {
-                            arrivals.saw(Instant::now());
-                            batch.push(p);
+                Err(_) => {
+                    // Sleep out the window, then take what queued meanwhile:
+                    // one wake-up a batch. (Waiting on the queue instead
+                    // woke this thread, and made each appender wake it,
+                    // for every record.)
+                    if let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(left);
+                    }
+                    let before = batch.len();
+                    while batch.len() < s.batch_max_records {
+                        match rx.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
                         }
-                        Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-                    },
-                    _ => break,
-                },
+                    }
+                    if batch.len() > before {
+                        arrivals.saw_n(Instant::now(), batch.len() - before);
+                    }
+                    break;
+                }
             }
         }
         if failed.load(Ordering::Acquire) {
@@ -925,6 +944,27 @@ mod tests {
         let t2 = t1 + Duration::from_millis(10);
         for i in 0..30 {
             a.saw(t2 + Duration::from_millis(i));
+        }
+        assert!(!a.busy(window));
+    }
+
+    #[test]
+    fn records_taken_together_count_as_spread_over_the_wait() {
+        let window = Duration::from_micros(500);
+        let t0 = Instant::now();
+        let mut a = Arrivals::default();
+        a.saw(t0);
+        // Batches of four records taken after each 500 µs window: one
+        // record every 125 µs, well within half the window.
+        for i in 1..=20 {
+            a.saw_n(t0 + Duration::from_micros(500 * i), 4);
+        }
+        assert!(a.busy(window));
+        // Then one record a window: a gap of 500 µs, no longer busy, though
+        // each came in a batch of its own.
+        let t1 = t0 + Duration::from_millis(10);
+        for i in 1..=30 {
+            a.saw_n(t1 + Duration::from_micros(500 * i), 1);
         }
         assert!(!a.busy(window));
     }
