@@ -47,41 +47,12 @@ bench_work config
 IFS=';' read -r -a VARIANTS <<<"$CONFIGS"
 [ ${#VARIANTS[@]} -gt 0 ] || { echo "CONFIGS names no variant" >&2; exit 64; }
 
-# Starts the demo in $WORK/v$1 and waits until it is ready; sets DEMO.
-start_demo() {
-  local dir=$WORK/v$1 marker=$WORK/.started
-  shift
-  # A resumed demo rewrites its env.json once it serves: ready is a newer
-  # env.json and /readyz answering 200.
-  touch "$marker"
-  sleep 1
-  "$BIN/healthgate" demo --dir "$dir" --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 "$@" \
-    >>"$dir.log" 2>&1 &
-  DEMO=$!
-  PIDS+=("$DEMO")
-  for _ in $(seq 600); do
-    if [ "$dir/env.json" -nt "$marker" ] &&
-      [ "$(curl -s -o /dev/null -w '%{http_code}' "$(jq -r .admin_url "$dir/env.json")/readyz")" = 200 ]; then
-      return
-    fi
-    kill -0 "$DEMO" 2>/dev/null || { cat "$dir.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  echo "the demo in $dir did not become ready:" >&2
-  cat "$dir.log" >&2
-  exit 1
-}
-stop_demo() {
-  kill -TERM "$DEMO"
-  wait "$DEMO" 2>/dev/null || true
-}
-
 # Each variant's demo: made, stopped, configured.
 for i in "${!VARIANTS[@]}"; do
   echo "preparing variant $i: ${VARIANTS[$i]}" >&2
   mkdir -p "$WORK/v$i"
-  start_demo "$i" --fresh
-  stop_demo
+  demo_up "$WORK/v$i" --fresh
+  demo_down "$DEMO"
   if [ "${VARIANTS[$i]}" != default ]; then
     printf '\n%b\n' "${VARIANTS[$i]}" >>"$WORK/v$i/healthgate.toml"
   fi
@@ -95,7 +66,7 @@ metric() { awk -v m="$2" '$1 == m { print $2; found = 1 } END { if (!found) prin
 wrong=0
 for r in $(seq "$REPEAT"); do
   for i in "${!VARIANTS[@]}"; do
-    start_demo "$i"
+    demo_up "$WORK/v$i"
     admin=$(jq -r .admin_url "$WORK/v$i/env.json")
     curl -s "$admin/metrics" >"$WORK/before.prom"
     t0=$(ticks "$DEMO")
@@ -105,7 +76,7 @@ for r in $(seq "$REPEAT"); do
       --case-seed "$((100 + r))" --sign-ahead 2000000 --json -q >"$out" 2>"$out.err" || true
     t1=$(ticks "$DEMO")
     curl -s "$admin/metrics" >"$WORK/after.prom"
-    stop_demo
+    demo_down "$DEMO"
     [ -s "$out" ] || { echo "variant $i, run $r: no summary:" >&2; cat "$out.err" >&2; exit 1; }
     d() { awk -v a="$(metric "$WORK/before.prom" "$1")" -v b="$(metric "$WORK/after.prom" "$1")" 'BEGIN { print b - a }'; }
     jq -n --argjson s "$(cat "$out")" --arg cpu "$(awk -v a="$t0" -v b="$t1" -v t="$TCK" 'BEGIN { print (b - a) / t }')" \

@@ -40,44 +40,15 @@ bench_work durability
 
 json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
 
-# Runs `healthgate demo` on $WORK/$1 with extra arguments until it is ready;
-# sets PID.
-start_demo() {
-  local dir=$WORK/$1
-  shift
-  local marker=$WORK/.started
-  touch "$marker"
-  sleep 1 # env.json's time must differ from the marker's
-  "$BIN/healthgate" demo --dir "$dir" --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 "$@" \
-    >"$dir.log" 2>&1 &
-  PID=$!
-  PIDS+=("$PID")
-  for _ in $(seq 600); do
-    if [ "$dir/env.json" -nt "$marker" ] &&
-      curl -fs "$(json "$dir/env.json" "['admin_url']")/readyz" >/dev/null 2>&1; then
-      return
-    fi
-    sleep 0.2
-  done
-  echo "the demo in $dir did not become ready:" >&2
-  cat "$dir.log" >&2
-  exit 1
-}
-
-stop_demo() {
-  kill -TERM "$1"
-  wait "$1" 2>/dev/null || true
-}
-
 echo "preparing two demos of $SIZE holders in $WORK" >&2
-start_demo strict --fresh
-STRICT_PID=$PID
+demo_up "$WORK/strict" --fresh
+STRICT_PID=$DEMO
 # The same demo with logging off: made, stopped, reconfigured, resumed.
-start_demo off --fresh
-stop_demo "$PID"
+demo_up "$WORK/off" --fresh
+demo_down "$DEMO"
 printf '\n[log]\nmode = "off"\n' >>"$WORK/off/healthgate.toml"
-start_demo off
-OFF_PID=$PID
+demo_up "$WORK/off"
+OFF_PID=$DEMO
 echo "strict gateway pid $STRICT_PID, off gateway pid $OFF_PID" >&2
 
 scrape() { curl -fs "$(json "$WORK/strict/env.json" "['admin_url']")/metrics" >"$1"; }

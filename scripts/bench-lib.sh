@@ -33,3 +33,36 @@ thread_ticks() {
       c[n] += $2 }
     END { for (n in c) print n, c[n] }' | sort
 }
+
+# demo_up DIR ARGS...: runs `$BIN/healthgate demo --dir DIR --size $SIZE`
+# with ARGS on free ports (its output appended to DIR.log) until it serves;
+# sets DEMO to its pid and adds it to PIDS. A resumed demo rewrites its
+# env.json once it serves, so ready is an env.json newer than the start
+# and /readyz answering 200.
+demo_up() {
+  local dir=$1 marker=$WORK/.demo-started admin
+  shift
+  touch "$marker"
+  sleep 1 # env.json's time must differ from the marker's
+  "$BIN/healthgate" demo --dir "$dir" --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 "$@" \
+    >>"$dir.log" 2>&1 &
+  DEMO=$!
+  PIDS+=("$DEMO")
+  for _ in $(seq 600); do
+    if [ "$dir/env.json" -nt "$marker" ]; then
+      admin=$(sed -n 's/.*"admin_url": *"\([^"]*\)".*/\1/p' "$dir/env.json")
+      [ "$(curl -s -o /dev/null -w '%{http_code}' "$admin/readyz")" = 200 ] && return
+    fi
+    kill -0 "$DEMO" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "the demo in $dir did not become ready:" >&2
+  cat "$dir.log" >&2
+  exit 1
+}
+
+# demo_down PID: stops a demo (SIGTERM, a clean shutdown) and waits for it.
+demo_down() {
+  kill -TERM "$1"
+  wait "$1" 2>/dev/null || true
+}

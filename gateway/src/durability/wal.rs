@@ -518,7 +518,7 @@ pub fn set_thread_nice(nice: i32) {
 }
 
 /// How closely records have been arriving: a moving average of the gap
-/// between two records reaching the writer.
+/// between two records' appends.
 #[derive(Default)]
 struct Arrivals {
     last: Option<Instant>,
@@ -527,23 +527,19 @@ struct Arrivals {
 }
 
 impl Arrivals {
-    fn saw(&mut self, now: Instant) {
-        self.saw_n(now, 1);
-    }
-
-    /// `n` records (at least one) have come since the last one seen; they
-    /// are taken as evenly spread up to `now`.
-    fn saw_n(&mut self, now: Instant, n: usize) {
+    /// A record appended at `at` (its [`Pending::appended`]: when it came,
+    /// not when the writer took it from the queue).
+    fn saw(&mut self, at: Instant) {
         if let Some(last) = self.last {
-            let gap = now.duration_since(last).as_secs_f64() / n.max(1) as f64;
-            for _ in 0..n.max(1) {
-                self.mean_gap += (gap - self.mean_gap) / 8.0;
-            }
+            let gap = at.saturating_duration_since(last).as_secs_f64();
+            self.mean_gap += (gap - self.mean_gap) / 8.0;
         } else {
             // Start idle: the first record is written at once.
             self.mean_gap = 1.0;
         }
-        self.last = Some(now);
+        // Appenders race to the queue: a record may come appended a hair
+        // before the one ahead of it.
+        self.last = Some(self.last.map_or(at, |last| last.max(at)));
     }
 
     /// True when another record is expected well within `window`.
@@ -573,39 +569,30 @@ fn write_loop(
     let mut records: Vec<Record> = Vec::with_capacity(s.batch_max_records);
     let mut arrivals = Arrivals::default();
     while let Ok(first) = rx.recv() {
-        arrivals.saw(Instant::now());
+        arrivals.saw(first.appended);
         batch.push(first);
         let deadline = Instant::now() + s.batch_max_wait;
+        let mut waited = false;
         while batch.len() < s.batch_max_records {
             match rx.try_recv() {
                 Ok(p) => {
-                    arrivals.saw(Instant::now());
+                    arrivals.saw(p.appended);
                     batch.push(p);
                 }
                 // Nothing queued: wait for more only while records are
                 // known to be coming (they have been arriving closer
                 // together than half the window); a lone record is written
                 // at once (PostgreSQL's commit_delay with commit_siblings).
-                Err(_) if !arrivals.busy(s.batch_max_wait) => break,
+                Err(_) if waited || !arrivals.busy(s.batch_max_wait) => break,
+                // Sleep out the window, then take what queued meanwhile:
+                // one wake-up a batch. (Waiting on the queue instead woke
+                // this thread, and made each appender wake it, for every
+                // record.)
                 Err(_) => {
-                    // Sleep out the window, then take what queued meanwhile:
-                    // one wake-up a batch. (Waiting on the queue instead
-                    // woke this thread, and made each appender wake it,
-                    // for every record.)
                     if let Some(left) = deadline.checked_duration_since(Instant::now()) {
                         std::thread::sleep(left);
                     }
-                    let before = batch.len();
-                    while batch.len() < s.batch_max_records {
-                        match rx.try_recv() {
-                            Ok(p) => batch.push(p),
-                            Err(_) => break,
-                        }
-                    }
-                    if batch.len() > before {
-                        arrivals.saw_n(Instant::now(), batch.len() - before);
-                    }
-                    break;
+                    waited = true;
                 }
             }
         }
@@ -944,27 +931,6 @@ mod tests {
         let t2 = t1 + Duration::from_millis(10);
         for i in 0..30 {
             a.saw(t2 + Duration::from_millis(i));
-        }
-        assert!(!a.busy(window));
-    }
-
-    #[test]
-    fn records_taken_together_count_as_spread_over_the_wait() {
-        let window = Duration::from_micros(500);
-        let t0 = Instant::now();
-        let mut a = Arrivals::default();
-        a.saw(t0);
-        // Batches of four records taken after each 500 µs window: one
-        // record every 125 µs, well within half the window.
-        for i in 1..=20 {
-            a.saw_n(t0 + Duration::from_micros(500 * i), 4);
-        }
-        assert!(a.busy(window));
-        // Then one record a window: a gap of 500 µs, no longer busy, though
-        // each came in a batch of its own.
-        let t1 = t0 + Duration::from_millis(10);
-        for i in 1..=30 {
-            a.saw_n(t1 + Duration::from_micros(500 * i), 1);
         }
         assert!(!a.busy(window));
     }
