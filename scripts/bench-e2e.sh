@@ -206,8 +206,10 @@ part e && loadgen e-morning-peak --profile morning-peak --scale "$SCALE" --compr
 batch_sizes() { curl -s "$ADMIN/metrics" | awk '/^healthgate_verify_batch_size_(sum|count|bucket)/ { print $1, $2 }'; }
 if part d; then
   batch_sizes >"$WORK/d-batches.before"
+  log_tail "$ADMIN" >"$WORK/d-log.before"
   SRV=${SERVER[gateway]} loadgen d-gateway-scan --case-seed 4 --sign-ahead "$SIGN_AHEAD" "${RAMP[@]}"
   batch_sizes >"$WORK/d-batches.after"
+  log_tail "$ADMIN" >"$WORK/d-log.after"
   refine d-gateway-scan 40 --sign-ahead "$SIGN_AHEAD"
 fi
 
@@ -346,6 +348,9 @@ part d && awk 'NR == FNR { before[$1] = $2; next } { d[$1] = $2 - before[$1] }
     }
     print ""
   }' "$WORK/d-batches.before" "$WORK/d-batches.after"
+# The log during (d)'s ramp: how many records waited longer than the SLO
+# for their fsync, whatever the load.
+part d && echo "(d) the log (commit wait: append to durable): $(log_tail_delta "$WORK/d-log.before" "$WORK/d-log.after")"
 
 if part e; then
 E=$WORK/e-morning-peak.json

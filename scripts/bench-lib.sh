@@ -34,6 +34,31 @@ thread_ticks() {
     END { for (n in c) print n, c[n] }' | sort
 }
 
+# log_tail ADMIN_URL: the log's tail from the gateway's histograms, one
+# line: records committed, of them how many waited over 5 ms and over 10 ms
+# from append to durable; fsyncs (write + fdatasync), of them how many took
+# over 5 ms and over 10 ms. Two such lines, before and after a run, go to
+# log_tail_delta.
+log_tail() {
+  curl -s "$1/metrics" | awk '
+    /^healthgate_log_commit_wait_seconds_count/ { w = $2 }
+    /^healthgate_log_commit_wait_seconds_bucket\{le="0.005"\}/ { w5 = $2 }
+    /^healthgate_log_commit_wait_seconds_bucket\{le="0.01"\}/ { w10 = $2 }
+    /^healthgate_log_fsync_duration_seconds_count/ { f = $2 }
+    /^healthgate_log_fsync_duration_seconds_bucket\{le="0.005"\}/ { f5 = $2 }
+    /^healthgate_log_fsync_duration_seconds_bucket\{le="0.01"\}/ { f10 = $2 }
+    END { print w + 0, w - w5, w - w10, f + 0, f - f5, f - f10 }'
+}
+
+# log_tail_delta BEFORE AFTER: what the log did between two log_tail lines,
+# in words.
+log_tail_delta() {
+  paste "$1" "$2" | awk '{
+    w = $7 - $1; f = $10 - $4
+    printf "%d records, %d (%.2f %%) waited > 5 ms, %d (%.2f %%) > 10 ms; %d fsyncs, %d > 5 ms, %d > 10 ms\n",
+      w, $8 - $2, (w > 0) ? 100 * ($8 - $2) / w : 0, $9 - $3, (w > 0) ? 100 * ($9 - $3) / w : 0, f, $11 - $5, $12 - $6 }'
+}
+
 # demo_up DIR ARGS...: runs `$BIN/healthgate demo --dir DIR --size $SIZE`
 # with ARGS on free ports (its output appended to DIR.log) until it serves;
 # sets DEMO to its pid and adds it to PIDS. A resumed demo rewrites its

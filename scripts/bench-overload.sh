@@ -33,6 +33,10 @@
 # RATE1=<found by the ramp> LOOKUP_RATE=500 TRACE_EVERY=0.2 THREADS=<CPUs>
 # PROFILE=1: the gateway under perf during the 4x step; where its CPU went
 # (by thread and by library, then the request workers' top symbols).
+# CONFIG: TOML appended to every step's demo configuration (`\n` for a new
+# line), e.g. CONFIG='[log]\nmode = "off"' to see what the strict log
+# costs the tail. SERVER: lines added to the demo's own [server] table
+# (`\n` for a new line), e.g. SERVER='max_scan_rate = 4000'.
 # KEEP=1 (keep the work folder with every JSON summary); BUILD=0 uses the
 # release binaries already built instead of building them first.
 # GATEWAY_CPUS / LOADGEN_CPUS (taskset lists): the CPUs each side may run
@@ -49,6 +53,8 @@ CONNECTIONS=${CONNECTIONS:-2000}
 SIZE=${SIZE:-100000}
 SLO=${SLO:-5ms}
 RATE1=${RATE1:-}
+CONFIG=${CONFIG:-}
+SERVER=${SERVER:-}
 LOOKUP_RATE=${LOOKUP_RATE:-500}
 TRACE_EVERY=${TRACE_EVERY:-0.2}
 NCPU=$(nproc)
@@ -97,18 +103,39 @@ start_demo() {
     wait "$DEMO" 2>/dev/null || true
   fi
   echo "starting a demo gateway (population $SIZE)" >&2
-  rm -f "$WORK/demo/env.json"
-  "${PIN[@]}" "$BIN/healthgate" demo --dir "$WORK/demo" --fresh --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 \
-    >"$WORK/demo.log" 2>&1 &
+  launch_demo --fresh
+  if [ -n "$CONFIG$SERVER" ]; then
+    # Made fresh, then stopped, configured and resumed.
+    kill -TERM "$DEMO"
+    wait "$DEMO" 2>/dev/null || true
+    [ -z "$CONFIG" ] || printf '\n%b\n' "$CONFIG" >>"$WORK/demo/healthgate.toml"
+    if [ -n "$SERVER" ]; then
+      printf '%b\n' "$SERVER" >"$WORK/server.toml"
+      sed -i "/^\[server\]\$/r $WORK/server.toml" "$WORK/demo/healthgate.toml"
+    fi
+    launch_demo
+  fi
+  echo "gateway ready: $(jq -r .public_url "$ENV")" >&2
+}
+
+# launch_demo ARGS...: runs the demo in $WORK/demo on the gateway's CPUs
+# until it serves; DEMO is its pid.
+launch_demo() {
+  # A resumed demo rewrites its env.json once it serves: ready is an
+  # env.json newer than the start.
+  touch "$WORK/.demo-started"
+  sleep 1
+  "${PIN[@]}" "$BIN/healthgate" demo --dir "$WORK/demo" "$@" --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 \
+    >>"$WORK/demo.log" 2>&1 &
   DEMO=$!
   PIDS+=("$DEMO")
   ENV=$WORK/demo/env.json
   for _ in $(seq 600); do
-    [ -f "$ENV" ] && break
+    [ "$ENV" -nt "$WORK/.demo-started" ] && break
     kill -0 "$DEMO" 2>/dev/null || { cat "$WORK/demo.log" >&2; exit 1; }
     sleep 0.1
   done
-  [ -f "$ENV" ] || { echo "no $ENV after 60 s" >&2; exit 1; }
+  [ "$ENV" -nt "$WORK/.demo-started" ] || { echo "no new $ENV after 60 s" >&2; exit 1; }
   ADMIN=$(jq -r .admin_url "$ENV")
   AUTHORITY=$(jq -r .api_keys.authority "$ENV")
   CHECKPOINT=$(jq -r '.checkpoints.metro[0]' "$ENV")
@@ -116,7 +143,6 @@ start_demo() {
     kill -0 "$DEMO" 2>/dev/null || { cat "$WORK/demo.log" >&2; exit 1; }
     sleep 0.1
   done
-  echo "gateway ready: $(jq -r .public_url "$ENV")" >&2
 }
 
 # loadgen NAME ARGS...: one run, JSON summary in $WORK/NAME.json.
@@ -204,9 +230,11 @@ for m in 1 2 4; do
     perf_pid=$!
   fi
   thread_ticks "$DEMO" >"$WORK/cpu-before-$m.txt"
+  log_tail "$ADMIN" >"$WORK/log-before-$m.txt"
   loadgen "scan-$m" --rate "$rate" --duration "${DURATION}s" --connections "$CONNECTIONS" \
     --sign-ahead "$SIGN_AHEAD" --max-backlog 1000000 --case-seed $((20 + m))
   thread_ticks "$DEMO" >"$WORK/cpu-after-$m.txt"
+  log_tail "$ADMIN" >"$WORK/log-after-$m.txt"
   [ -n "${perf_pid:-}" ] && { wait "$perf_pid" || true; perf_pid=; }
   # Recovery: the moment the scans' run returned (its answers drained), a
   # light probe.
@@ -270,6 +298,11 @@ for m in 1 2 4; do
   line=$(join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/refused-before-$m.txt" "$WORK/refused-after-$m.txt" 2>/dev/null |
     awk '{ d = $3 - $2; if (d > 0) printf "%s:%d ", $1, d }')
   echo "  ${m}x: ${line:-none}"
+done
+echo
+echo "the log's tail during each scan run (a record's commit wait: append to durable; an fsync: write + fdatasync):"
+for m in 1 2 4; do
+  echo "  ${m}x: $(log_tail_delta "$WORK/log-before-$m.txt" "$WORK/log-after-$m.txt")"
 done
 echo
 echo "beside the scans (lookups ${LOOKUP_RATE}/s; tracing every ${TRACE_EVERY} s; admin /readyz every 0.1 s):"

@@ -136,3 +136,49 @@ async fn a_scan_past_the_queueing_budget_gets_a_fast_overloaded_503_and_changes_
     assert_eq!(t.gw.store().epoch(), epoch);
     assert_eq!(t.scan(&t.code(holder), &metro, "in", None).await.short(), "pass/ok/green");
 }
+
+#[tokio::test]
+async fn scans_over_the_configured_rate_cap_get_a_fast_overloaded_503_and_change_nothing() {
+    // One scan a second (a burst of one): the second scan within the second
+    // is over the cap, though every slot is free.
+    let t = TestGateway::start_with(with("max_scan_rate = 1")).await;
+    let metro = t.checkpoint("metro").to_owned();
+    let key = t.key(Role::Turnstile).to_owned();
+    assert_eq!(t.scan(&t.code(t.holder("green", 0)), &metro, "in", None).await.short(), "pass/ok/green");
+    let holder = t.holder("green", 1);
+    let epoch = t.gw.store().epoch();
+    let body = json!({ "code": t.code(holder), "checkpoint": metro, "direction": "in" });
+    let (s, retry, v) = call(&t, Method::POST, &t.env.public_url, "/v1/scan", Some(&key), Some(body)).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert_eq!(v["reason"], "overloaded", "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.starts_with("overloaded") && e.contains("rate")), "{v}");
+    let m = t.metrics().await;
+    assert_eq!(sample(&m, "healthgate_refused_requests_total{class=\"scan\",reason=\"overloaded\"}"), 1);
+    // The cap is on scans alone: a holder lookup is served.
+    let inspector = t.key(Role::Inspector).to_owned();
+    let status_path = format!("/v1/holders/{holder}");
+    assert_eq!(call(&t, Method::GET, &t.env.public_url, &status_path, Some(&inspector), None).await.0, StatusCode::OK);
+    // Nothing moved; a second later the same holder enters.
+    assert_eq!(t.gw.store().epoch(), epoch);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(t.scan(&t.code(holder), &metro, "in", None).await.short(), "pass/ok/green");
+}
+
+/// The real binary: a rate cap beyond reason is refused at start (exit
+/// 64, naming the field).
+#[tokio::test]
+async fn a_rate_cap_beyond_reason_is_refused_at_start() {
+    let t = TestGateway::start().await;
+    let text = std::fs::read_to_string(&t.env.config).expect("config");
+    let bad = t.env.config.with_file_name("bad-rate.toml");
+    std::fs::write(&bad, text.replace("[server]\n", "[server]\nmax_scan_rate = 10000001\n")).expect("config");
+    let o = std::process::Command::new(healthgate_tests::healthgate_bin())
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run healthgate");
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("server.max_scan_rate"), "{err}");
+}

@@ -21,6 +21,13 @@
 //!   while half the slots are taken, while any scan waits for a slot, or
 //!   while the runtime runs later than half the budget. So they are the
 //!   first to go, and they leave the room to the gates.
+//! * An operator may also cap the **rate** of admitted scans
+//!   (`max_scan_rate`, off by default): past it a scan is refused
+//!   `overloaded` at once, with bursts of up to [`RATE_BURST`] worth of
+//!   scans let through (the generic cell rate algorithm, as ATM switches
+//!   and many API gateways police a rate: one atomic word, no lock). The
+//!   slots bound the work in flight; the cap bounds the work a second,
+//!   for a gateway whose capacity its operator has measured.
 //! * The admin listener's health, metrics and authority feed take no slot
 //!   at all: they stay responsive whatever the public side does (and the
 //!   listener has its own connection cap).
@@ -59,6 +66,9 @@ const PROBE_WINDOW: usize = 8;
 pub const OVERLOADED_FOR: Duration = Duration::from_millis(100);
 /// ...and a scan waits at most the budget divided by this.
 const OVERLOADED_DIVISOR: u32 = 5;
+/// Under a rate cap, a burst of up to this long's worth of scans (at least
+/// one) is admitted at once.
+pub const RATE_BURST: Duration = Duration::from_millis(10);
 
 /// What a request is, in the order it is served under overload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +102,9 @@ impl Class {
 pub enum Refusal {
     /// A scan that could not start within the queueing budget.
     Overloaded,
+    /// A scan over the configured rate cap (`max_scan_rate`). Its reason
+    /// is `overloaded` too: to a turnstile it is the same "busy, retry".
+    OverRate,
     /// A lower class, refused to keep the room for scans.
     Shed,
 }
@@ -99,7 +112,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::Overloaded => "overloaded",
+            Refusal::Overloaded | Refusal::OverRate => "overloaded",
             Refusal::Shed => "shed",
         }
     }
@@ -108,6 +121,9 @@ impl Refusal {
     pub fn message(self) -> &'static str {
         match self {
             Refusal::Overloaded => "overloaded: the scan could not start within the queueing budget; retry",
+            Refusal::OverRate => {
+                "overloaded: the gateway admits no more scans a second than its configured rate; retry"
+            }
             Refusal::Shed => "shed: scans come first while the gateway is busy; retry later",
         }
     }
@@ -160,7 +176,49 @@ pub struct Admission {
     started: tokio::time::Instant,
     /// How late the runtime ran lately, in microseconds (see the module).
     lag_us: AtomicU64,
+    /// The rate cap, when one is set.
+    rate: Option<RateCap>,
     metrics: AdmissionMetrics,
+}
+
+/// A cap on admissions a second: the generic cell rate algorithm. Each
+/// admission moves a theoretical arrival time one `interval` on from
+/// itself or from now, whichever is later; an admission that would move it
+/// more than `burst` past now is refused and moves nothing.
+struct RateCap {
+    /// Nanoseconds between two admissions at the capped rate.
+    interval: u64,
+    /// How far ahead of now the theoretical arrival time may run.
+    burst: u64,
+    /// The theoretical arrival time, in nanoseconds since `started`.
+    tat: AtomicU64,
+}
+
+impl RateCap {
+    fn new(per_second: u64) -> Option<RateCap> {
+        if per_second == 0 {
+            return None;
+        }
+        let interval = (1_000_000_000 / per_second).max(1);
+        let burst = (RATE_BURST.as_nanos() as u64).max(interval);
+        Some(RateCap { interval, burst, tat: AtomicU64::new(0) })
+    }
+
+    /// Takes one admission at `now` (nanoseconds since `started`), or
+    /// says there is none left.
+    fn take(&self, now: u64) -> bool {
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let next = tat.max(now) + self.interval;
+            if next - now > self.burst {
+                return false;
+            }
+            match self.tat.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => tat = seen,
+            }
+        }
+    }
 }
 
 struct AdmissionMetrics {
@@ -197,6 +255,7 @@ impl Admission {
             refused_us: AtomicU64::new(u64::MAX),
             started: tokio::time::Instant::now(),
             lag_us: AtomicU64::new(0),
+            rate: RateCap::new(settings.max_scan_rate),
             metrics: AdmissionMetrics {
                 refused: Class::ALL.map(|c| {
                     let reason = if c == Class::Scan { Refusal::Overloaded } else { Refusal::Shed };
@@ -230,6 +289,11 @@ impl Admission {
     /// Admits a request of `class` (a scan may wait up to the budget), or
     /// says why not. The refusal is counted here.
     pub async fn admit(&self, class: Class) -> Result<Slot, Refusal> {
+        if class == Class::Scan && self.rate.as_ref().is_some_and(|r| !r.take(self.since_start_ns())) {
+            self.refused_us.store(self.since_start_us(), Ordering::Relaxed);
+            self.metrics.refused[Class::Scan as usize].inc();
+            return Err(Refusal::OverRate);
+        }
         let admitted = match class {
             Class::Scan => self.admit_scan().await,
             _ => self.admit_lower(),
@@ -267,6 +331,11 @@ impl Admission {
 
     fn since_start_us(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn since_start_ns(&self) -> u64 {
+        // 584 years of uptime before this saturates.
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX / 2)
     }
 
     /// Whether a scan was refused `overloaded` within [`OVERLOADED_FOR`].
@@ -311,7 +380,8 @@ mod tests {
     use super::*;
 
     fn admission(max_in_flight: usize, budget_ms: u64) -> Admission {
-        let settings = AdmissionSettings { max_in_flight, scan_queue_budget: Duration::from_millis(budget_ms) };
+        let settings =
+            AdmissionSettings { max_in_flight, scan_queue_budget: Duration::from_millis(budget_ms), max_scan_rate: 0 };
         Admission::new(settings, &Registry::new()).unwrap()
     }
 
@@ -394,5 +464,72 @@ mod tests {
         assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::Overloaded));
         assert_eq!(started.elapsed(), Duration::from_millis(50));
         drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_cap_admits_its_rate_and_a_short_burst_and_refuses_the_rest_at_once() {
+        // 1 000 scans a second: a burst of 10 ms is 10 scans.
+        let settings =
+            AdmissionSettings { max_in_flight: 64, scan_queue_budget: Duration::from_millis(5), max_scan_rate: 1_000 };
+        let a = Admission::new(settings, &Registry::new()).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            held.push(a.admit(Class::Scan).await.unwrap());
+        }
+        // Slots are free, but the rate is spent: refused at once, without
+        // waiting, and counted.
+        let started = tokio::time::Instant::now();
+        assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::OverRate));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(Refusal::OverRate.as_str(), "overloaded");
+        assert_eq!(a.metrics.refused[Class::Scan as usize].get(), 1);
+        // The cap is on scans: the lower classes still follow the slots.
+        drop(held);
+        assert!(a.admit(Class::Status).await.is_ok());
+        // A millisecond later, one more scan.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(a.admit(Class::Scan).await.is_ok());
+        assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::OverRate));
+        // Over a second at the capped rate, every scan comes in.
+        for _ in 0..1_000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(a.admit(Class::Scan).await.is_ok());
+        }
+        // Idle for a while: the burst is back, and no more than the burst.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let burst = admit_at_once(&a, 20).await;
+        assert_eq!(burst, 10);
+    }
+
+    #[test]
+    fn a_rate_cap_counts_exactly_under_contention() {
+        // 100 scans a second, so a burst of one: eight threads racing for
+        // it at one instant take it exactly once.
+        let cap = RateCap::new(100).unwrap();
+        let taken = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    if cap.take(5_000_000_000) {
+                        taken.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(taken.load(Ordering::Relaxed), 1);
+        assert!(!cap.take(5_005_000_000));
+        assert!(cap.take(5_010_000_000));
+        assert!(RateCap::new(0).is_none());
+    }
+
+    /// How many of `n` scans asked at one instant are admitted.
+    async fn admit_at_once(a: &Admission, n: usize) -> usize {
+        let mut admitted = Vec::new();
+        for _ in 0..n {
+            if let Ok(slot) = a.admit(Class::Scan).await {
+                admitted.push(slot);
+            }
+        }
+        admitted.len()
     }
 }

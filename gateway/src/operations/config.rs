@@ -51,6 +51,9 @@ pub mod defaults {
     /// threads: its default budget is a second, so that slowness is not
     /// taken for overload. Gates run release builds.
     pub const SCAN_QUEUE_BUDGET_MS: u64 = if cfg!(debug_assertions) { 1_000 } else { 5 };
+    /// The highest `server.max_scan_rate` accepted: far beyond what one
+    /// gateway verifies, so a typo is caught, not a real setting.
+    pub const MAX_SCAN_RATE: u64 = 10_000_000;
     /// hyper's header-read timeout: slowloris protection.
     pub const HEADER_READ_TIMEOUT_MS: u64 = 5_000;
     /// How long a scan or check-in body may take to arrive once the
@@ -212,6 +215,7 @@ pub struct RawServer {
     pub max_connections_per_client: Option<usize>,
     pub max_in_flight: Option<usize>,
     pub scan_queue_budget_ms: Option<u64>,
+    pub max_scan_rate: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,
     pub body_read_timeout_ms: Option<u64>,
     pub admin_body_read_timeout_ms: Option<u64>,
@@ -293,6 +297,8 @@ pub struct AdmissionSettings {
     pub max_in_flight: usize,
     /// How long a scan may wait to start before it is refused.
     pub scan_queue_budget: Duration,
+    /// At most this many scans admitted a second (0: no cap).
+    pub max_scan_rate: u64,
 }
 
 /// Validated configuration.
@@ -350,6 +356,7 @@ impl Config {
                 scan_queue_budget: Duration::from_millis(
                     s.scan_queue_budget_ms.unwrap_or(defaults::SCAN_QUEUE_BUDGET_MS),
                 ),
+                max_scan_rate: s.max_scan_rate.unwrap_or(0),
             },
             header_read_timeout: Duration::from_millis(
                 s.header_read_timeout_ms.unwrap_or(defaults::HEADER_READ_TIMEOUT_MS),
@@ -374,6 +381,10 @@ impl Config {
         }
         if server.admission.scan_queue_budget > Duration::from_secs(1) {
             return Err(invalid("server.scan_queue_budget_ms", "must be between 0 and 1000".into()));
+        }
+        if server.admission.max_scan_rate > defaults::MAX_SCAN_RATE {
+            let max = defaults::MAX_SCAN_RATE;
+            return Err(invalid("server.max_scan_rate", format!("must be between 0 (no cap) and {max}")));
         }
         if server.header_read_timeout.is_zero() || server.header_read_timeout > Duration::from_secs(5) {
             return Err(invalid("server.header_read_timeout_ms", "must be between 1 and 5000".into()));

@@ -108,7 +108,11 @@ mod tests {
             max_connections: public,
             admin_max_connections: admin,
             max_connections_per_client: 0,
-            admission: crate::operations::config::AdmissionSettings { max_in_flight: 1, scan_queue_budget: ms(1) },
+            admission: crate::operations::config::AdmissionSettings {
+                max_in_flight: 1,
+                scan_queue_budget: ms(1),
+                max_scan_rate: 0,
+            },
             header_read_timeout: ms(1),
             body_read_timeout: ms(1),
             admin_body_read_timeout: ms(1),
