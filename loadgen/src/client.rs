@@ -167,6 +167,16 @@ struct Planned {
     scan: Scan,
 }
 
+/// How one exchange ended.
+struct Exchanged {
+    outcome: Outcome,
+    mismatch: Option<String>,
+    /// What to print about an error, for the first few.
+    error: Option<String>,
+    /// When the request was written, from the start of the run.
+    sent: Option<Duration>,
+}
+
 /// What the lanes share. Immutable but for the counters.
 struct Shared {
     t0: Instant,
@@ -226,11 +236,12 @@ impl Shared {
         request: &mut Vec<u8>,
         mut timer: Pin<&mut Sleep>,
         scan: &Scan,
-    ) -> (Outcome, Option<String>, Option<String>) {
+    ) -> Exchanged {
         let now = Instant::now();
         if now >= self.deadline {
-            return (Outcome::Timeout, None, None);
+            return Exchanged { outcome: Outcome::Timeout, mismatch: None, error: None, sent: None };
         }
+        let sent = Some(now.saturating_duration_since(self.t0));
         let head = &self.heads[target % self.heads.len()];
         match &scan.request {
             Req::Scan(body) => head.scan(body, request),
@@ -254,7 +265,7 @@ impl Shared {
             answer = attempt => Ok(answer),
             () = timer => Err(()),
         };
-        match answer {
+        let (outcome, mismatch, error) = match answer {
             Ok(Ok(status)) => {
                 let body = conn.as_ref().expect("the answer came on it").body();
                 let (outcome, mismatch) = check(&scan.expect, status, body, self.check);
@@ -271,7 +282,8 @@ impl Shared {
                 *conn = None;
                 (Outcome::Timeout, None, None)
             }
-        }
+        };
+        Exchanged { outcome, mismatch, error, sent }
     }
 
     fn lose(&self, scan: &Scan) {
@@ -282,7 +294,14 @@ impl Shared {
 
     /// Records how `p` ended into `rec`, its worker's recorder (locked only
     /// by its worker, and once a second for the progress line).
-    fn complete(&self, rec: &Mutex<Recorder>, p: &Planned, outcome: Outcome, mismatch: Option<String>) {
+    fn complete(
+        &self,
+        rec: &Mutex<Recorder>,
+        p: &Planned,
+        outcome: Outcome,
+        mismatch: Option<String>,
+        sent: Option<Duration>,
+    ) {
         let unverifiable = mismatch.is_some() && self.lost.lock().expect("never poisoned").contains(&p.scan.lane_key);
         let mismatch = if unverifiable { None } else { mismatch };
         let c = Completion {
@@ -290,6 +309,7 @@ impl Shared {
             phase: p.phase,
             intended: p.at,
             done: self.t0.elapsed(),
+            sent,
             outcome,
             mismatch,
             unverifiable,
@@ -313,7 +333,7 @@ async fn lane(
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(shared.deadline));
     tokio::pin!(timer);
     while let Some(p) = jobs.recv().await {
-        let (outcome, mismatch, error) =
+        let Exchanged { outcome, mismatch, error, sent } =
             shared.exchange(target, &mut conn, &mut request, timer.as_mut(), &p.scan).await;
         if let Some(e) = error {
             if shared.errors_shown.fetch_add(1, Ordering::Relaxed) < SHOW_ERRORS {
@@ -326,7 +346,7 @@ async fn lane(
             shared.lose(&p.scan);
         }
         shared.backlog.fetch_sub(1, Ordering::Relaxed);
-        shared.complete(&rec, &p, outcome, mismatch);
+        shared.complete(&rec, &p, outcome, mismatch, sent);
     }
 }
 
@@ -496,7 +516,7 @@ async fn pace(
             if p.phase.is_some() && backlog >= part.max_backlog {
                 shared.backlog.fetch_sub(1, Ordering::Relaxed);
                 shared.lose(&p.scan);
-                shared.complete(&part.rec, &p, Outcome::Overflow, None);
+                shared.complete(&part.rec, &p, Outcome::Overflow, None, None);
                 continue;
             }
             backlog += 1;
@@ -1005,7 +1025,13 @@ mod tests {
         assert_eq!(sum.errors.http_status, unavailable);
         assert_eq!(sum.status_latency_us[&503].count, unavailable);
         assert_eq!(sum.status_latency_us[&200].count, sum.statuses[&200]);
+        // Timed from their actual send too, and never longer that way.
+        for (status, l) in &sum.status_latency_from_send_us {
+            assert_eq!(l.count, sum.statuses[status], "{status}");
+            assert!(l.max_us <= sum.status_latency_us[status].max_us, "{status}");
+        }
         assert!(sum.to_string().contains(&format!("answers by status: 200 {}, 503 {unavailable}", sum.statuses[&200])));
+        assert!(sum.to_string().contains("from the actual send"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

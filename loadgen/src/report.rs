@@ -44,6 +44,11 @@ pub struct Completion {
     /// both from the start of the run.
     pub intended: Duration,
     pub done: Duration,
+    /// When the request was written, from the start of the run; `None` if
+    /// it never was (an overflow, or the run's deadline came first). Later
+    /// than `intended` when the load generator fell behind its schedule, or
+    /// when the request queued behind its lane's previous one.
+    pub sent: Option<Duration>,
     pub outcome: Outcome,
     pub mismatch: Option<String>,
     /// The answer did not match, but an earlier state-changing request for
@@ -165,6 +170,13 @@ pub struct Summary {
     /// Their latency by status: under overload the admitted answers (200)
     /// and the refusals (503) are two different stories.
     pub status_latency_us: BTreeMap<u16, Latency>,
+    /// The same answers timed from the moment each request was written
+    /// rather than from its intended instant. Where the two differ the load
+    /// generator sent late (see `client.late_dispatches`) or the request
+    /// queued behind its lane's previous one: this one is the server's
+    /// share (with the network and the reading of the answer), the other
+    /// what a turnstile on that schedule saw.
+    pub status_latency_from_send_us: BTreeMap<u16, Latency>,
     /// Errors of the schedule's requests; `total` includes the cleanup's.
     pub errors: Errors,
     pub max_errors: u64,
@@ -233,6 +245,8 @@ pub struct Recorder {
     unverifiable: u64,
     /// Answers by status, but for 200 (see the type's comment).
     statuses: BTreeMap<u16, Histogram<u64>>,
+    /// Answers by status (200 included), timed from their actual send.
+    from_send: BTreeMap<u16, Histogram<u64>>,
     /// The first `show` mismatches of the run, by their number.
     shown: Vec<(u64, String)>,
     show: usize,
@@ -262,6 +276,7 @@ impl Recorder {
             mismatches: 0,
             unverifiable: 0,
             statuses: BTreeMap::new(),
+            from_send: BTreeMap::new(),
             shown: vec![],
             show,
             numbered: Arc::new(AtomicU64::new(0)),
@@ -302,6 +317,9 @@ impl Recorder {
         self.unverifiable += other.unverifiable;
         for (s, h) in &other.statuses {
             add(self.statuses.entry(*s).or_insert_with(histogram), h);
+        }
+        for (s, h) in &other.from_send {
+            add(self.from_send.entry(*s).or_insert_with(histogram), h);
         }
         self.shown.extend(other.shown);
         self.shown.sort_by_key(|(n, _)| *n);
@@ -346,6 +364,10 @@ impl Recorder {
                 if answered {
                     if let Outcome::Status(s) = c.outcome {
                         self.statuses.entry(s).or_insert_with(histogram).saturating_record(us);
+                    }
+                    if let (Some(status), Some(sent)) = (c.outcome.status(), c.sent) {
+                        let from_send = u64::try_from(c.done.saturating_sub(sent).as_micros()).unwrap_or(u64::MAX);
+                        self.from_send.entry(status).or_insert_with(histogram).saturating_record(from_send.max(1));
                     }
                     hist.saturating_record(us);
                     self.phases[p].hist.saturating_record(us);
@@ -487,6 +509,7 @@ impl Recorder {
             deny: count(Outcome::Deny),
             statuses: statuses.iter().map(|(s, h)| (*s, h.len())).collect(),
             status_latency_us: statuses.iter().map(|(s, h)| (*s, Latency::of(h))).collect(),
+            status_latency_from_send_us: self.from_send.iter().map(|(s, h)| (*s, Latency::of(h))).collect(),
             errors,
             max_errors,
             mismatches: self.mismatches,
@@ -595,6 +618,13 @@ impl fmt::Display for Summary {
                 lat_row(f, &s.to_string(), "", l)?;
             }
         }
+        if !self.status_latency_from_send_us.is_empty() {
+            writeln!(f, "by status, from the actual send (the server's share when the client fell behind):")?;
+            lat_header(f, "status", "")?;
+            for (s, l) in &self.status_latency_from_send_us {
+                lat_row(f, &s.to_string(), "", l)?;
+            }
+        }
         if self.phases.len() > 1 {
             writeln!(f, "by phase:")?;
             lat_header(f, "phase", "asked/s -> achieved/s")?;
@@ -655,10 +685,45 @@ mod tests {
             phase: Some(phase),
             intended: Duration::from_millis(intended_ms),
             done: Duration::from_millis(done_ms),
+            sent: Some(Duration::from_millis(intended_ms)),
             outcome,
             mismatch: None,
             unverifiable: false,
         }
+    }
+
+    /// A client that fell behind: every tenth request was written 10 ms
+    /// after its instant and answered 1 ms after that. From the intended
+    /// time its p99 is the client's lag; from the send, the server's 1 ms.
+    /// A 503 gets its own row in both views, and a request never sent
+    /// (an overflow) is in neither.
+    #[test]
+    fn latency_from_the_send_leaves_the_clients_own_lag_out() {
+        let s = Schedule::constant(100.0, Duration::from_secs(10)).unwrap();
+        let mut r = Recorder::new(&s, 5);
+        for (n, slot) in s.instants().enumerate() {
+            let at = slot.at.as_millis() as u64;
+            let lag = if n % 10 == 0 { 10 } else { 0 };
+            let mut c = done(Kind::GreenIn, 0, at, at + lag + 1, Outcome::Pass);
+            c.sent = Some(Duration::from_millis(at + lag));
+            if n == 1 {
+                c.outcome = Outcome::Status(503);
+            }
+            if n == 2 {
+                c.outcome = Outcome::Overflow;
+                c.sent = None;
+            }
+            r.record(&c);
+        }
+        let sum = r.finish("scan", 1, true, u64::MAX, None, ClientCost::default());
+        let intended = sum.status_latency_us[&200];
+        let sent = sum.status_latency_from_send_us[&200];
+        assert_eq!(intended.count, 998);
+        assert_eq!(sent.count, 998);
+        assert!((10_500..12_000).contains(&intended.p99_us), "{intended:?}");
+        assert!(sent.max_us < 1_100, "{sent:?}");
+        assert_eq!(sum.status_latency_from_send_us[&503].count, 1);
+        assert_eq!(sum.status_latency_from_send_us.len(), 2);
     }
 
     /// The canonical coordinated-omission example: 100/s for 10 s, and the
@@ -730,6 +795,7 @@ mod tests {
                 phase: Some(slot.phase),
                 intended: Duration::from_micros(at),
                 done: Duration::from_micros(at + lat),
+                sent: Some(Duration::from_micros(at)),
                 outcome,
                 mismatch: None,
                 unverifiable: false,
@@ -770,6 +836,7 @@ mod tests {
                 phase: Some(slot.phase),
                 intended: Duration::from_micros(t),
                 done: Duration::from_micros(t + lat),
+                sent: Some(Duration::from_micros(t)),
                 outcome: Outcome::Pass,
                 mismatch: None,
                 unverifiable: false,
