@@ -15,8 +15,9 @@
 #      light probe (400 scans/s for 4 s, enough answers for its p99 to
 #      mean something): recovery.
 #   4. The floor: bare_http (a fixed answer, no work) on the gateway's CPUs,
-#      asked the 4x rate on as many connections: what the kernel and hyper
-#      alone cost per request, against which a refusal's cost is read.
+#      asked the 4x rate of the same scans on as many connections: what the
+#      kernel and hyper alone cost per request, against which a refusal's
+#      cost is read.
 # Each run gets a fresh demo gateway, so no run inherits another's state.
 #
 # Reports for admitted scans (answered 200) the achieved rate and
@@ -283,9 +284,11 @@ for _ in $(seq 100); do
 done
 [ -n "$BARE_URL" ] || { echo "bare_http did not start:" >&2; cat "$WORK/bare_http.log" >&2; exit 1; }
 thread_ticks "$BARE" >"$WORK/cpu-before-bare.txt"
-"$BIN/healthgate-loadgen" --url "$BARE_URL" --api-key bench --no-check --target lookup --threads "$THREADS" --json -q \
+# The same scans as the steps' (signed by the demo's keys, bodies and
+# all), so that the floor reads and answers what the gateway does.
+"$BIN/healthgate-loadgen" --env "$ENV" --url "$BARE_URL" --no-check --threads "$THREADS" --json -q \
   --max-errors 1000000000 --rate "$((RATE1 * 4))" --duration "${DURATION}s" --connections "$CONNECTIONS" \
-  --max-backlog 1000000 >"$WORK/bare-4.json" 2>"$WORK/bare-4.log" || true
+  --sign-ahead "$SIGN_AHEAD" --max-backlog 1000000 --case-seed 24 >"$WORK/bare-4.json" 2>"$WORK/bare-4.log" || true
 thread_ticks "$BARE" >"$WORK/cpu-after-bare.txt"
 kill "$BARE" 2>/dev/null || true
 wait "$BARE" 2>/dev/null || true
