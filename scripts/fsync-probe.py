@@ -32,7 +32,7 @@ def probe(path, seconds, record, gap, out, i):
         size = 64 << 20
         os.pwrite(fd, b"\0" * size, 0)
         os.fsync(fd)
-        data, off, lat, stalls = b"x" * record, 0, [], []
+        data, off, lat, marks = b"x" * record, 0, [], []
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             t = time.monotonic()
@@ -40,11 +40,11 @@ def probe(path, seconds, record, gap, out, i):
             os.fdatasync(fd)
             d = time.monotonic() - t
             lat.append(d)
-            stalls.append((t, d))
+            marks.append((t, d))
             off = (off + record) % (size - record)
             if gap:
                 time.sleep(gap)
-        out[i] = (lat, stalls)
+        out[i] = (lat, marks)
     finally:
         os.close(fd)
         os.unlink(path)

@@ -473,3 +473,32 @@ async fn many_tracing_queries_at_once_are_each_answered_whole() {
     }
     assert!(whole >= 1_000, "only {whole} queries were answered");
 }
+
+/// `scripts/fsync-probe.py`, the operator's look at a disk for the log:
+/// it times appends and fdatasyncs on files of its own in the folder it is
+/// given, reports each file, and leaves nothing behind; a bad argument is
+/// refused (exit 2, argparse's) before it writes anything.
+#[test]
+fn the_fsync_probe_reports_each_file_and_leaves_nothing_behind() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fsync-probe.py");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .args(["--dir", dir.path().to_str().unwrap()])
+            .args(args)
+            .output()
+            .expect("run python3")
+    };
+    let o = run(&["--seconds", "0.3", "--files", "2", "--gap-us", "0"]);
+    assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    for file in ["file 0:", "file 1:"] {
+        let line = out.lines().find(|l| l.trim_start().starts_with(file)).unwrap_or_else(|| panic!("{out}"));
+        assert!(line.contains("write+fdatasync") && line.contains("p99"), "{line}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "files left behind");
+    let o = run(&["--files", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
