@@ -49,7 +49,8 @@
 //! answered. The slots bound the scans' own work; the budget bounds their
 //! wait for one.
 //!
-//! Every refusal is counted by class and reason.
+//! Every refusal is counted by class and reason (the metric tells a scan
+//! over the rate cap, `over_rate`, from one past the budget).
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -224,6 +225,10 @@ impl RateCap {
 struct AdmissionMetrics {
     /// By class: scans are refused `overloaded`, the rest `shed`.
     refused: [IntCounter; 6],
+    /// Scans over the rate cap (`over_rate`: what the turnstile is told is
+    /// `overloaded`, but the operator wants to tell a cap that bites from a
+    /// gateway that is full).
+    over_rate: IntCounter,
     in_flight: IntGauge,
     lag: prometheus::Gauge,
 }
@@ -234,7 +239,7 @@ impl Admission {
             Opts::new(
                 "healthgate_refused_requests_total",
                 "Requests refused by priority admission, by class and reason (overloaded: a scan past the queueing \
-                 budget; shed: a lower class kept out for scans).",
+                 budget; over_rate: a scan over server.max_scan_rate; shed: a lower class kept out for scans).",
             ),
             &["class", "reason"],
         )?;
@@ -261,6 +266,7 @@ impl Admission {
                     let reason = if c == Class::Scan { Refusal::Overloaded } else { Refusal::Shed };
                     refused.with_label_values(&[c.as_str(), reason.as_str()])
                 }),
+                over_rate: refused.with_label_values(&[Class::Scan.as_str(), "over_rate"]),
                 in_flight,
                 lag,
             },
@@ -291,7 +297,7 @@ impl Admission {
     pub async fn admit(&self, class: Class) -> Result<Slot, Refusal> {
         if class == Class::Scan && self.rate.as_ref().is_some_and(|r| !r.take(self.since_start_ns())) {
             self.refused_us.store(self.since_start_us(), Ordering::Relaxed);
-            self.metrics.refused[Class::Scan as usize].inc();
+            self.metrics.over_rate.inc();
             return Err(Refusal::OverRate);
         }
         let admitted = match class {
@@ -482,7 +488,8 @@ mod tests {
         assert_eq!(a.admit(Class::Scan).await.err(), Some(Refusal::OverRate));
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert_eq!(Refusal::OverRate.as_str(), "overloaded");
-        assert_eq!(a.metrics.refused[Class::Scan as usize].get(), 1);
+        assert_eq!(a.metrics.over_rate.get(), 1);
+        assert_eq!(a.metrics.refused[Class::Scan as usize].get(), 0);
         // The cap is on scans: the lower classes still follow the slots.
         drop(held);
         assert!(a.admit(Class::Status).await.is_ok());
