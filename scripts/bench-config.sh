@@ -50,16 +50,11 @@ IFS=';' read -r -a VARIANTS <<<"$CONFIGS"
 # Each variant's demo: made, stopped, configured.
 for i in "${!VARIANTS[@]}"; do
   echo "preparing variant $i: ${VARIANTS[$i]}" >&2
-  mkdir -p "$WORK/v$i"
-  demo_up "$WORK/v$i" --fresh
-  demo_down "$DEMO"
-  if [ "${VARIANTS[$i]}" != default ]; then
-    printf '\n%b\n' "${VARIANTS[$i]}" >>"$WORK/v$i/healthgate.toml"
-  fi
+  config=${VARIANTS[$i]}
+  [ "$config" != default ] || config=
+  demo_make "$WORK/v$i" "$config"
 done
 
-ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
-TCK=$(getconf CLK_TCK)
 # Counter or histogram sum/count from a scrape.
 metric() { awk -v m="$2" '$1 == m { print $2; found = 1 } END { if (!found) print 0 }' "$1"; }
 

@@ -44,9 +44,7 @@ echo "preparing two demos of $SIZE holders in $WORK" >&2
 demo_up "$WORK/strict" --fresh
 STRICT_PID=$DEMO
 # The same demo with logging off: made, stopped, reconfigured, resumed.
-demo_up "$WORK/off" --fresh
-demo_down "$DEMO"
-printf '\n[log]\nmode = "off"\n' >>"$WORK/off/healthgate.toml"
+demo_make "$WORK/off" '[log]\nmode = "off"'
 demo_up "$WORK/off"
 OFF_PID=$DEMO
 echo "strict gateway pid $STRICT_PID, off gateway pid $OFF_PID" >&2

@@ -143,9 +143,6 @@ REFINE=${REFINE:-4}
 [[ $REFINE =~ ^[0-9]+$ ]] || { echo "REFINE must be a number of sub-steps, e.g. 4" >&2; exit 64; }
 REFINE_SECS=${REFINE_SECS:-1}
 
-# CPU time (user + system, clock ticks) of process $1 so far.
-ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
-TCK=$(getconf CLK_TCK)
 
 # loadgen NAME ARGS...: one run, JSON summary in $WORK/NAME.json, exit code in $WORK/NAME.rc.
 # With SRV=<server pid> set, the server's CPU seconds during the run go to

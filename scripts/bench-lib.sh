@@ -59,18 +59,24 @@ log_tail_delta() {
       w, $8 - $2, (w > 0) ? 100 * ($8 - $2) / w : 0, $9 - $3, (w > 0) ? 100 * ($9 - $3) / w : 0, f, $11 - $5, $12 - $6 }'
 }
 
+# ticks PID: the process's CPU time so far (user + system, clock ticks).
+ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+TCK=$(getconf CLK_TCK)
+
 # demo_up DIR ARGS...: runs `$BIN/healthgate demo --dir DIR --size $SIZE`
 # with ARGS on free ports (its output appended to DIR.log) until it serves;
 # sets DEMO to its pid and adds it to PIDS. A resumed demo rewrites its
 # env.json once it serves, so ready is an env.json newer than the start
-# and /readyz answering 200.
+# and /readyz answering 200. If the array PIN is set (e.g. `taskset -c
+# 0`), the demo runs under it; the prefix must exec the gateway, so that
+# DEMO is the gateway's own pid.
 demo_up() {
   local dir=$1 marker=$WORK/.demo-started admin
   shift
   touch "$marker"
   sleep 1 # env.json's time must differ from the marker's
-  "$BIN/healthgate" demo --dir "$dir" --size "$SIZE" --public 127.0.0.1:0 --admin 127.0.0.1:0 "$@" \
-    >>"$dir.log" 2>&1 &
+  ${PIN[@]+"${PIN[@]}"} "$BIN/healthgate" demo --dir "$dir" --size "$SIZE" --public 127.0.0.1:0 \
+    --admin 127.0.0.1:0 "$@" >>"$dir.log" 2>&1 &
   DEMO=$!
   PIDS+=("$DEMO")
   for _ in $(seq 600); do
@@ -90,4 +96,19 @@ demo_up() {
 demo_down() {
   kill -TERM "$1"
   wait "$1" 2>/dev/null || true
+}
+
+# demo_make DIR [CONFIG [SERVER]]: a fresh demo in DIR, made, stopped and
+# configured, for demo_up to resume: CONFIG is TOML appended to its
+# configuration, SERVER lines added to its own [server] table (both with
+# `\n` for a new line; either may be empty).
+demo_make() {
+  local dir=$1 config=${2:-} server=${3:-}
+  demo_up "$dir" --fresh
+  demo_down "$DEMO"
+  [ -z "$config" ] || printf '\n%b\n' "$config" >>"$dir/healthgate.toml"
+  if [ -n "$server" ]; then
+    printf '%b\n' "$server" >"$dir.server.toml"
+    sed -i "/^\[server\]\$/r $dir.server.toml" "$dir/healthgate.toml"
+  fi
 }

@@ -229,12 +229,13 @@ struct PhaseRec {
 }
 
 /// Each answer is recorded once per view it appears in, no more: by
-/// outcome, by case, by phase, and in the progress line's interval (four
-/// histograms for an answer of status 200). What the other views hold is
-/// the sum of these, built once in [`Recorder::finish`]: all answers are the
-/// phases' answers, and the answers of status 200 are the passes, denials
-/// and plain `ok`s. Only the other statuses (503 and the like) keep a
-/// histogram of their own.
+/// outcome, by case, by phase, in the progress line's interval, and timed
+/// from its actual send by status (five histograms for an answer of status
+/// 200). What the other views hold is the sum of these, built once in
+/// [`Recorder::finish`]: all answers are the phases' answers, and the
+/// answers of status 200 are the passes, denials and plain `ok`s. Only the
+/// other statuses (503 and the like) keep a histogram of their own from the
+/// intended send.
 pub struct Recorder {
     schedule: Schedule,
     outcomes: Vec<(Tally, Histogram<u64>)>,

@@ -295,10 +295,13 @@ impl Admission {
     /// Admits a request of `class` (a scan may wait up to the budget), or
     /// says why not. The refusal is counted here.
     pub async fn admit(&self, class: Class) -> Result<Slot, Refusal> {
-        if class == Class::Scan && self.rate.as_ref().is_some_and(|r| !r.take(self.since_start_ns())) {
-            self.refused_us.store(self.since_start_us(), Ordering::Relaxed);
-            self.metrics.over_rate.inc();
-            return Err(Refusal::OverRate);
+        if let (Class::Scan, Some(rate)) = (class, &self.rate) {
+            let now = self.since_start_ns();
+            if !rate.take(now) {
+                self.refused_us.store(now / 1_000, Ordering::Relaxed);
+                self.metrics.over_rate.inc();
+                return Err(Refusal::OverRate);
+            }
         }
         let admitted = match class {
             Class::Scan => self.admit_scan().await,
